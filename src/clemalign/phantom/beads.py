@@ -1,0 +1,724 @@
+"""Synthetic SEM/confocal pairs with 100 nm gold fiducial beads and a known affine.
+
+Imitates the fiducial dataset of the paper: one confocal image (40 nm pixels,
+511 x 511 px) shared by all cases of a seed, and several SEM images of the same area
+seen at other magnifications, rotations and (for one view) mirrored.
+
+The world frame is the confocal frame, in um. The world holds
+
+* the bead field: ``n_beads`` gold beads of diameter ``bead_diameter_nm`` at least
+  ``min_bead_spacing_um`` apart, a few of them too dim in the confocal;
+* the cell as both microscopes see it: smooth autofluorescence and blurry cell bodies
+  (confocal); cytoplasm tone, membranes, nucleus and organelles, fine texture (SEM);
+* fluorescent debris spots (confocal only).
+
+The bead field, the confocal image and the SEM tissue are drawn from
+``default_rng([seed, 1000])`` and are therefore identical in every case of a seed.
+Everything specific to a case (field position when not given, beads buried in the SEM
+section, bright non-bead blobs, SEM noise) comes from ``default_rng([seed, 2000,
+index])``.
+
+Rendering
+---------
+* **Confocal**: beads and debris rendered as anti-aliased discs at 4x supersampling,
+  blurred by a Gaussian PSF (sigma = FWHM / 2.3548) and averaged back by 4x4 blocks;
+  the smooth background is evaluated at the native pixel centres and blurred by the
+  same PSF; Poisson-Gaussian detector noise.
+* **SEM**: every SEM pixel centre is mapped into the world by the ground-truth
+  transform ``G`` (em um -> lm um) and the tissue is evaluated there; beads are bright
+  discs with an anti-aliased edge and a faint bright halo; bright irregular blobs
+  (some bead-sized) act as distractors; slight probe blur, Gaussian noise and a
+  per-line scan offset.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from ..io import LANDMARK_COLUMNS
+from ..transforms import Transform, affine_matrix, apply
+from ._common import (
+    SyntheticCase,
+    ValueNoise,
+    block_mean,
+    coverage,
+    ellipse_distance,
+    min_distance_sample,
+    pixel_grid_um,
+    poisson_gaussian,
+    to_uint8,
+)
+
+#: Parameters of the fiducial (gold bead) phantom; config.yaml overrides any of them.
+#: Ranges are ``[low, high]`` lists and are drawn per case; a scalar is used as is.
+#: ``views[i]["size_px"]`` is ``[rows, cols]`` of the SEM image; a view may carry
+#: ``center_um: [x, y]``, the centre of the SEM field in confocal um (else drawn).
+DEFAULT_FIDUCIAL_PARAMS: dict = {
+    "confocal_px_nm": 40.0,  # paper: 40 nm confocal pixels
+    "confocal_size_px": 511,  # paper: 511 x 511 px
+    "bead_diameter_nm": 100.0,  # paper: 100 nm gold fiducials
+    "n_beads": 60,
+    "min_bead_spacing_um": 0.6,
+    "psf_fwhm_nm": 250.0,
+    "missing_fraction": [0.10, 0.20],  # of beads inside the SEM field, invisible in SEM
+    "missing_in_lm": 0.05,  # of all beads, too dim in confocal (shared by all cases)
+    "n_spurious_em": [3, 6],  # bright non-bead blobs in the SEM, per case
+    "n_spurious_lm": 3,  # fluorescent debris spots in the confocal
+    "photons": 60.0,  # mean photons at confocal signal 1.0
+    "read_noise": 2.0,  # confocal read noise, grey levels
+    "sem_noise": 0.06,  # SEM Gaussian noise, [0, 1] units
+    "views": [
+        {
+            "px_nm": 20.0,
+            "size_px": [640, 640],
+            "rotation_deg": 4.0,
+            "scale": [1.0, 1.0],
+            "shear": 0.0,
+            "mirror": False,
+        },
+        {
+            "px_nm": 15.0,
+            "size_px": [640, 700],
+            "rotation_deg": -23.0,
+            "scale": [1.004, 0.997],
+            "shear": 0.003,
+            "mirror": False,
+        },
+        {
+            "px_nm": 25.0,
+            "size_px": [600, 600],
+            "rotation_deg": 97.0,
+            "scale": [1.0, 1.0],
+            "shear": 0.0,
+            "mirror": False,
+        },
+        {
+            "px_nm": 18.0,
+            "size_px": [700, 640],
+            "rotation_deg": 38.0,
+            "scale": [0.996, 1.0],
+            "shear": -0.002,
+            "mirror": True,
+        },
+    ],
+}
+
+_SUPERSAMPLE = 4  # confocal supersampling factor
+_LM_EDGE_MARGIN_UM = 0.5  # beads keep this far from the confocal border
+_EM_EDGE_MARGIN_UM = 0.3  # the SEM field keeps this far from the confocal border
+_LM_OFFSET = 6.0  # confocal dark level, grey
+_BEAD_PEAK = 0.85  # blurred confocal bead peak per unit amplitude (signal units)
+_FWHM_TO_SIGMA = 1.0 / 2.3548
+_N_CENTER_CANDIDATES = 12  # random SEM field positions tried when no centre is given
+
+
+def _merged(params: dict | None) -> dict:
+    p = copy.deepcopy(DEFAULT_FIDUCIAL_PARAMS)
+    for key, value in (params or {}).items():
+        p[key] = copy.deepcopy(value)
+    return p
+
+
+def _draw(rng: np.random.Generator, value: object, integer: bool = False) -> float:
+    """A scalar as is, or a uniform draw from a ``[low, high]`` range (inclusive ints)."""
+    if np.ndim(value) == 0:
+        return int(value) if integer else float(value)
+    lo, hi = value
+    if integer:
+        return int(rng.integers(int(lo), int(hi) + 1))
+    return float(rng.uniform(float(lo), float(hi)))
+
+
+def _wobble(rng: np.random.Generator, amp: float, k: int = 3) -> np.ndarray:
+    """Fourier coefficients (k, [amp, phase]) for :func:`ellipse_distance`."""
+    return np.stack([rng.uniform(0.0, amp, k), rng.uniform(0.0, 2 * np.pi, k)], axis=1)
+
+
+def _window(
+    center_px: tuple[float, float], half_px: float, shape: tuple[int, int]
+) -> tuple[slice, slice] | None:
+    """Row/col slices of a square around a (col, row) pixel position, clipped; None if empty."""
+    cx, cy = center_px
+    r0 = max(0, int(np.floor(cy - half_px)))
+    r1 = min(shape[0], int(np.ceil(cy + half_px)) + 1)
+    c0 = max(0, int(np.floor(cx - half_px)))
+    c1 = min(shape[1], int(np.ceil(cx + half_px)) + 1)
+    if r0 >= r1 or c0 >= c1:
+        return None
+    return slice(r0, r1), slice(c0, c1)
+
+
+def _unit(v: np.ndarray, lo: float = 0.25, hi: float = 0.75) -> np.ndarray:
+    """Stretch a value-noise field (mostly within [0.25, 0.75]) onto [0, 1]."""
+    return np.clip((v - lo) / (hi - lo), 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------- the world
+
+#: Parameters that define the world (bead field, confocal image, SEM tissue).
+_WORLD_KEYS = (
+    "confocal_px_nm",
+    "confocal_size_px",
+    "bead_diameter_nm",
+    "n_beads",
+    "min_bead_spacing_um",
+    "psf_fwhm_nm",
+    "missing_in_lm",
+    "n_spurious_lm",
+    "photons",
+    "read_noise",
+)
+
+
+@dataclass(frozen=True)
+class _Blob:
+    """An irregular ellipse: centre (um), semi-axes (um), angle (rad), wobble, darkness."""
+
+    center: tuple[float, float]
+    semi_axes: tuple[float, float]
+    angle: float
+    wobble: np.ndarray
+    value: float
+
+
+@dataclass(frozen=True)
+class _World:
+    """Everything shared by the cases of one seed (world = confocal frame, um)."""
+
+    beads: np.ndarray  # (n, 2) um
+    missing_in_lm: np.ndarray  # sorted bead indices
+    debris: np.ndarray  # (k, 2) um
+    debris_diameter_nm: np.ndarray  # (k,)
+    lm: np.ndarray  # uint8 (N, N), read-only
+    size_um: float
+    tone: ValueNoise
+    membranes: ValueNoise
+    fine_membranes: ValueNoise
+    texture: ValueNoise
+    nucleus: _Blob
+    organelles: tuple[_Blob, ...]
+
+
+def _peak_gain(radius_um: float, sigma_um: float) -> float:
+    """Emission density whose disc of ``radius_um``, Gaussian-blurred, peaks at 1."""
+    return 1.0 / (1.0 - np.exp(-(radius_um**2) / (2.0 * sigma_um**2)))
+
+
+def _render_emitter(
+    canvas: np.ndarray,
+    center: np.ndarray,
+    extent_um: float,
+    distance,
+    emission: float,
+    lm_ppu: float,
+    sigma_ss: float,
+) -> None:
+    """Add one blurred, block-averaged emitter to the native-resolution confocal canvas.
+
+    ``distance(x, y)`` is the signed distance (um) to the emitter outline. The emitter
+    is rendered at ``_SUPERSAMPLE`` x the native sampling in a window aligned on native
+    pixels and covering the PSF support, blurred there (zero outside, identical to
+    blurring the whole supersampled image), averaged by blocks and added in place.
+    """
+    ss = _SUPERSAMPLE
+    half_px = (extent_um + 4.5 * sigma_ss / (lm_ppu * ss)) * lm_ppu
+    win = _window((center[0] * lm_ppu - 0.5, center[1] * lm_ppu - 0.5), half_px, canvas.shape)
+    if win is None:
+        return
+    rows, cols = win
+    x, y = pixel_grid_um(
+        slice(rows.start * ss, rows.stop * ss), slice(cols.start * ss, cols.stop * ss), lm_ppu * ss
+    )
+    patch = emission * coverage(distance(x, y), 1.0 / (lm_ppu * ss))
+    patch = ndimage.gaussian_filter(patch, sigma_ss, mode="constant", truncate=4.0)
+    canvas[rows, cols] += block_mean(patch, ss)
+
+
+@lru_cache(maxsize=4)
+def _cached_world(seed: int, key: tuple[str, ...]) -> _World:
+    return _make_world(seed, {k: json.loads(v) for k, v in zip(_WORLD_KEYS, key, strict=True)})
+
+
+def _world(seed: int, p: dict) -> _World:
+    return _cached_world(int(seed), tuple(json.dumps(p[k]) for k in _WORLD_KEYS))
+
+
+def _make_world(seed: int, p: dict) -> _World:
+    """Bead field, confocal image and SEM tissue of one seed (rng ``[seed, 1000]``)."""
+    rng = np.random.default_rng([seed, 1000])
+    n_px = int(p["confocal_size_px"])
+    lm_ppu = 1000.0 / float(p["confocal_px_nm"])
+    size_um = n_px / lm_ppu
+    bounds = (0.0, 0.0, size_um, size_um)
+    r_um = float(p["bead_diameter_nm"]) / 2000.0
+    sigma_um = float(p["psf_fwhm_nm"]) * _FWHM_TO_SIGMA / 1000.0
+    sigma_ss = sigma_um * lm_ppu * _SUPERSAMPLE
+
+    # Bead field.
+    m = _LM_EDGE_MARGIN_UM
+    beads = min_distance_sample(
+        rng, int(p["n_beads"]), (m, m, size_um - m, size_um - m), float(p["min_bead_spacing_um"])
+    )
+    n = len(beads)
+    n_dim = min(n, int(round(float(p["missing_in_lm"]) * n)))
+    missing_lm = np.sort(rng.choice(n, n_dim, replace=False)) if n_dim else np.zeros(0, int)
+    amplitude = rng.uniform(0.6, 1.0, n)
+    amplitude[missing_lm] = rng.uniform(0.03, 0.07, n_dim)
+
+    # Smooth background at the native pixel centres (it varies over >= 0.5 um, so a
+    # block mean of a supersampled rendering would be the same): autofluorescence
+    # plus dim, blurry cell bodies.
+    x, y = pixel_grid_um(slice(0, n_px), slice(0, n_px), lm_ppu)
+    auto = ValueNoise(rng, bounds, (3.0, 1.5, 0.5))
+    background = 0.04 + 0.11 * _unit(auto(x, y))
+    for _ in range(int(rng.integers(3, 6))):
+        c = rng.uniform((1.0, 1.0), (size_um - 1.0, size_um - 1.0))
+        a = rng.uniform(2.0, 4.5)
+        d, _ = ellipse_distance(
+            x,
+            y,
+            tuple(c),
+            (a, a * rng.uniform(0.55, 0.9)),
+            rng.uniform(0, np.pi),
+            _wobble(rng, 0.12),
+        )
+        background += rng.uniform(0.025, 0.06) / (1.0 + np.exp(np.clip(d / 0.5, -50, 50)))
+    signal = ndimage.gaussian_filter(
+        background.astype(np.float32), sigma_um * lm_ppu, mode="reflect"
+    )
+
+    # Beads: emission density such that the blurred peak is about _BEAD_PEAK * amplitude.
+    gain = _BEAD_PEAK * _peak_gain(r_um, sigma_um)
+    for bead, amp in zip(beads, amplitude, strict=True):
+        _render_emitter(
+            signal,
+            bead,
+            r_um,
+            lambda xx, yy, b=bead: np.hypot(xx - b[0], yy - b[1]) - r_um,
+            float(amp * gain),
+            lm_ppu,
+            sigma_ss,
+        )
+
+    # Debris: irregular spots of 60-250 nm, away from the beads, bead-like peaks.
+    debris, debris_d = [], []
+    for _ in range(int(p["n_spurious_lm"])):
+        for _try in range(200):
+            c = rng.uniform((m, m), (size_um - m, size_um - m))
+            if n == 0 or np.min(np.hypot(*(beads - c).T)) > 0.5:
+                break
+        diam = rng.uniform(0.06, 0.25)
+        semi = (diam / 2, diam / 2 * rng.uniform(0.6, 1.0))
+        ang, wob = float(rng.uniform(0, np.pi)), _wobble(rng, 0.12)
+        emission = (
+            rng.uniform(0.45, 1.0) * _BEAD_PEAK * _peak_gain(np.sqrt(np.prod(semi)), sigma_um)
+        )
+        _render_emitter(
+            signal,
+            c,
+            1.4 * semi[0],
+            lambda xx, yy, c=c, s=semi, t=ang, w=wob: ellipse_distance(
+                xx, yy, (c[0], c[1]), s, t, w
+            )[0],
+            float(emission),
+            lm_ppu,
+            sigma_ss,
+        )
+        debris.append(c)
+        debris_d.append(1000.0 * diam)
+    lm = poisson_gaussian(rng, signal, float(p["photons"]), float(p["read_noise"]), _LM_OFFSET)
+
+    # SEM tissue, in world um, so that every view shows the same cell.
+    tone = ValueNoise(rng, bounds, (4.0, 2.0, 1.0))
+    membranes = ValueNoise(rng, bounds, (2.5, 1.2, 0.6))
+    fine_membranes = ValueNoise(rng, bounds, (0.9, 0.45))
+    texture = ValueNoise(rng, bounds, (0.08, 0.03))
+    c = rng.uniform((0.3 * size_um,) * 2, (0.7 * size_um,) * 2)
+    a = rng.uniform(2.5, 3.5)
+    nucleus = _Blob(
+        (float(c[0]), float(c[1])),
+        (a, a * rng.uniform(0.7, 0.9)),
+        float(rng.uniform(0, np.pi)),
+        _wobble(rng, 0.05),
+        float(rng.uniform(0.06, 0.1)),
+    )
+    organelles = []
+    for _ in range(int(rng.integers(80, 110))):
+        c = rng.uniform((0.0, 0.0), (size_um, size_um))
+        a = rng.uniform(0.12, 0.5)
+        organelles.append(
+            _Blob(
+                (float(c[0]), float(c[1])),
+                (a, a * rng.uniform(0.35, 0.9)),
+                float(rng.uniform(0, np.pi)),
+                _wobble(rng, 0.1),
+                float(rng.uniform(0.05, 0.13)),
+            )
+        )
+
+    lm.setflags(write=False)
+    beads.setflags(write=False)
+    return _World(
+        beads=beads,
+        missing_in_lm=missing_lm,
+        debris=np.array(debris).reshape(-1, 2),
+        debris_diameter_nm=np.array(debris_d),
+        lm=lm,
+        size_um=size_um,
+        tone=tone,
+        membranes=membranes,
+        fine_membranes=fine_membranes,
+        texture=texture,
+        nucleus=nucleus,
+        organelles=tuple(organelles),
+    )
+
+
+# ------------------------------------------------------------------------ the SEM
+
+
+def _paint_blob(
+    img: np.ndarray,
+    xw: np.ndarray,
+    yw: np.ndarray,
+    blob: _Blob,
+    inv: np.ndarray,
+    em_ppu: float,
+    em_scale: float,
+    world_px: float,
+    rim: float,
+) -> None:
+    """Darken a world-frame organelle in the SEM image, with a darker membrane rim."""
+    ce = apply(inv, np.array(blob.center))[0]
+    half_px = 1.25 * max(blob.semi_axes) / em_scale * em_ppu + 3
+    win = _window((ce[0] * em_ppu - 0.5, ce[1] * em_ppu - 0.5), half_px, img.shape)
+    if win is None:
+        return
+    d, _ = ellipse_distance(xw[win], yw[win], blob.center, blob.semi_axes, blob.angle, blob.wobble)
+    inside = coverage(d, world_px)
+    img[win] -= blob.value * inside + rim * np.exp(-((d / max(world_px, 0.012)) ** 2))
+
+
+def _render_sem(
+    world: _World,
+    G: np.ndarray,
+    shape: tuple[int, int],
+    em_ppu: float,
+    beads_em: np.ndarray,
+    bead_radius_em: float,
+    bead_values: np.ndarray,
+    spurious: list[_Blob],
+    noise: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """SEM image (uint8) of the world seen through ``G`` (em um -> world um)."""
+    inv = np.linalg.inv(G)
+    em_scale = float(np.sqrt(abs(np.linalg.det(G[:2, :2]))))
+    world_px = em_scale / em_ppu  # SEM pixel size in world um
+    x, y = pixel_grid_um(slice(0, shape[0]), slice(0, shape[1]), em_ppu)
+    xw = G[0, 0] * x + G[0, 1] * y + G[0, 2]
+    yw = G[1, 0] * x + G[1, 1] * y + G[1, 2]
+
+    # Cytoplasm tone, membranes where a smooth field crosses 0.5, organelles, texture.
+    img = 0.28 + 0.15 * _unit(world.tone(xw, yw))
+    line_um = max(world_px, 0.015)
+    for field, contrast in ((world.membranes, 0.12), (world.fine_membranes, 0.06)):
+        mv = field(xw, yw) - 0.5
+        gy, gx = np.gradient(mv, 1.0 / em_ppu)
+        dist_um = np.abs(mv) / (np.hypot(gx, gy) + 1e-3)  # ~ distance to the 0.5 level line
+        img -= contrast * np.exp(-((dist_um / line_um) ** 2))
+    _paint_blob(img, xw, yw, world.nucleus, inv, em_ppu, em_scale, world_px, 0.12)
+    for blob in world.organelles:
+        _paint_blob(img, xw, yw, blob, inv, em_ppu, em_scale, world_px, 0.08)
+    fine = world.texture(xw, yw)
+    img += 0.06 * (fine - 0.5) - 0.07 * _unit(fine, 0.6, 0.72)  # texture, dark granules
+
+    px_um = 1.0 / em_ppu
+    # Bright non-bead blobs (in em um).
+    for blob in spurious:
+        win = _window(
+            (blob.center[0] * em_ppu - 0.5, blob.center[1] * em_ppu - 0.5),
+            1.4 * max(blob.semi_axes) * em_ppu + 2,
+            shape,
+        )
+        if win is None:
+            continue
+        d, _ = ellipse_distance(
+            x[win], y[win], blob.center, blob.semi_axes, blob.angle, blob.wobble
+        )
+        cov = coverage(d, px_um)
+        img[win] = img[win] * (1.0 - cov) + blob.value * cov
+
+    # Gold beads: bright discs, anti-aliased edge, faint bright halo just outside.
+    halo_um = 0.025
+    for (bx, by), value in zip(beads_em, bead_values, strict=True):
+        if not np.isfinite(value):
+            continue  # buried: not drawn
+        win = _window(
+            (bx * em_ppu - 0.5, by * em_ppu - 0.5),
+            (bead_radius_em + 4 * halo_um) * em_ppu + 1,
+            shape,
+        )
+        if win is None:
+            continue
+        d = np.hypot(x[win] - bx, y[win] - by) - bead_radius_em
+        cov = coverage(d, px_um)
+        halo = 0.12 * np.exp(-((np.maximum(d, 0.0) / halo_um) ** 2))
+        img[win] = img[win] * (1.0 - cov) + value * cov + halo * (1.0 - cov)
+
+    # Probe blur, slight illumination gradient, scan-line offsets, detector noise.
+    img = ndimage.gaussian_filter(img, 0.6, mode="nearest")
+    gxy = rng.normal(0.0, 0.02, 2)
+    img += gxy[0] * (x / x.max() - 0.5) + gxy[1] * (y / y.max() - 0.5)
+    img += rng.normal(0.0, 0.012, (shape[0], 1))
+    img += rng.normal(0.0, noise, shape)
+    return to_uint8(img)
+
+
+# ------------------------------------------------------------------------ the case
+
+
+def _field_half_extent(linear: np.ndarray, em_w: float, em_h: float) -> np.ndarray:
+    """Half width and height (um) of the SEM field's bounding box in the confocal frame."""
+    corners = np.array([[-1, -1], [1, -1], [-1, 1], [1, 1]]) * (em_w / 2, em_h / 2)
+    return np.abs(corners @ linear.T).max(axis=0)
+
+
+def _inside_em(beads_em: np.ndarray, em_w: float, em_h: float, pad: float) -> np.ndarray:
+    """Beads (N, 2) em um whose disc lies inside the SEM field (``pad`` um from the edge)."""
+    return np.all((beads_em >= pad) & (beads_em <= np.array([em_w, em_h]) - pad), axis=1)
+
+
+def _n_missing(fraction: float, configured: object, n_inside: int) -> int:
+    """Number of buried beads: ``fraction * n_inside`` rounded, kept in the configured range."""
+    k = int(round(fraction * n_inside))
+    if np.ndim(configured) == 1:
+        lo, hi = (float(v) for v in configured)
+        k_lo, k_hi = int(np.ceil(lo * n_inside - 1e-9)), int(np.floor(hi * n_inside + 1e-9))
+        if k_lo <= k_hi:
+            k = min(max(k, k_lo), k_hi)
+    return min(max(k, 0), n_inside)
+
+
+def make_fiducial_case(
+    seed: int, index: int, params: dict | None, name: str | None = None
+) -> SyntheticCase:
+    """Generate one SEM/confocal case of the fiducial (gold bead) track.
+
+    Parameters
+    ----------
+    seed : int
+        Dataset seed. The bead field and the confocal image depend on it only, so all
+        cases of a seed share the same confocal image.
+    index : int
+        Case number within the dataset (0-based); selects
+        ``params["views"][index % len(views)]`` and seeds the per-case choices.
+    params : dict or None
+        Overrides of :data:`DEFAULT_FIDUCIAL_PARAMS` (top-level keys replace defaults;
+        ``views`` is replaced as a whole). Unknown keys are ignored.
+    name : str, optional
+        Case name (default ``semNN`` with ``NN = index + 1``).
+
+    Returns
+    -------
+    SyntheticCase
+        ``em`` = SEM image (uint8, ``size_px`` = rows x cols, ``1000 / px_nm`` px/um);
+        ``lm`` = confocal image (uint8, ``confocal_size_px`` square,
+        ``1000 / confocal_px_nm`` px/um); ``landmarks`` = exact bead centres (um) of
+        every bead visible in both images, named ``beadNNN`` after the bead index;
+        ``ground_truth`` = JSON-ready dict with the transform em um -> lm um, all bead
+        positions in both frames, the missing and outside beads and the distractors.
+
+    Raises
+    ------
+    ValueError
+        If the SEM field of the view does not fit inside the confocal field, or the
+        parameters are malformed.
+
+    Notes
+    -----
+    Without ``center_um`` the SEM field centre is the best of
+    ``_N_CENTER_CANDIDATES`` uniform random positions that keep the field inside the
+    confocal field, scored by the beads inside it that are bright in the confocal
+    minus those that are dim (an operator picks a field rich in visible fiducials).
+    The number of buried beads is ``missing_fraction`` (drawn) times the beads inside
+    the field, rounded and kept within the configured range when possible.
+    """
+    p = _merged(params)
+    index = int(index)
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    views = p["views"]
+    if not views:
+        raise ValueError("params['views'] must hold at least one view")
+    view = copy.deepcopy(dict(views[index % len(views)]))
+    name = name or f"sem{index + 1:02d}"
+    world = _world(seed, p)
+    rng = np.random.default_rng([seed, 2000, index])
+
+    lm_ppu = 1000.0 / float(p["confocal_px_nm"])
+    em_ppu = 1000.0 / float(view["px_nm"])
+    em_shape = (int(view["size_px"][0]), int(view["size_px"][1]))
+    em_w, em_h = em_shape[1] / em_ppu, em_shape[0] / em_ppu
+    em_c = np.array([em_w / 2, em_h / 2])
+    rotation = float(view.get("rotation_deg", 0.0))
+    scale = tuple(float(s) for s in view.get("scale", (1.0, 1.0)))
+    shear = float(view.get("shear", 0.0))
+    mirror = bool(view.get("mirror", False))
+    linear = affine_matrix(rotation, scale, shear, mirror=mirror)[:2, :2]
+    half = _field_half_extent(linear, em_w, em_h)
+    size = world.size_um
+
+    def _ground_truth(center: np.ndarray) -> np.ndarray:
+        return affine_matrix(rotation, scale, shear, tuple(center - em_c), mirror, tuple(em_c))
+
+    beads_lm = np.asarray(world.beads)
+    n = len(beads_lm)
+    r_lm = float(p["bead_diameter_nm"]) / 2000.0
+    r_em = r_lm / float(np.sqrt(abs(np.linalg.det(linear))))
+    pad = r_em + 1.0 / em_ppu  # a bead counts as inside the SEM field when fully inside
+    inside_lm = np.all((beads_lm >= r_lm) & (beads_lm <= size - r_lm), axis=1)
+    lm_ok = inside_lm.copy()
+    lm_ok[np.asarray(world.missing_in_lm, dtype=int)] = False
+    if view.get("center_um") is not None:
+        center = np.asarray(view["center_um"], dtype=float)
+        if np.any(center - half < 0) or np.any(center + half > size):
+            raise ValueError(
+                f"case {name!r}: SEM field ({2 * half[0]:.2f} x {2 * half[1]:.2f} "
+                f"um in the confocal frame) centred at {center.tolist()} um leaves "
+                f"the {size:.2f} um confocal field"
+            )
+    else:
+        lo = half + _EM_EDGE_MARGIN_UM
+        hi = size - half - _EM_EDGE_MARGIN_UM
+        if np.any(lo > hi):
+            raise ValueError(
+                f"case {name!r}: SEM field ({2 * half[0]:.2f} x {2 * half[1]:.2f} "
+                f"um in the confocal frame) does not fit in the {size:.2f} um "
+                f"confocal field"
+            )
+        # Like an operator who navigates to a field rich in fiducials that are clearly
+        # seen in the confocal: the best of a few random positions (score: beads
+        # bright in the confocal minus dim ones, inside the field).
+        candidates = rng.uniform(lo, hi, size=(_N_CENTER_CANDIDATES, 2))
+        score = []
+        for c in candidates:
+            inside = _inside_em(apply(np.linalg.inv(_ground_truth(c)), beads_lm), em_w, em_h, pad)
+            score.append(np.count_nonzero(inside & lm_ok) - np.count_nonzero(inside & ~lm_ok))
+        center = candidates[int(np.argmax(score))]
+    view["center_um"] = [float(center[0]), float(center[1])]
+    G = _ground_truth(center)
+    inv = np.linalg.inv(G)
+
+    # Beads in the SEM frame; fully inside the field; some buried in the section.
+    beads_em = apply(inv, beads_lm)
+    inside_em = _inside_em(beads_em, em_w, em_h, pad)
+    inside_idx = np.flatnonzero(inside_em)
+    fraction = _draw(rng, p["missing_fraction"])
+    n_missing = _n_missing(fraction, p["missing_fraction"], len(inside_idx))
+    missing_em = np.sort(rng.choice(inside_idx, n_missing, replace=False)).astype(int)
+    bead_values = rng.uniform(0.9, 1.0, n)
+    bead_values[missing_em] = np.nan
+
+    # Bright non-bead blobs, half of them bead-sized and round, away from the beads.
+    spurious: list[_Blob] = []
+    bead_d_nm = float(p["bead_diameter_nm"])
+    for k in range(_draw(rng, p["n_spurious_em"], integer=True)):
+        for _try in range(200):
+            c = rng.uniform((0.2, 0.2), (em_w - 0.2, em_h - 0.2))
+            if n == 0 or np.min(np.hypot(*(beads_em - c).T)) > 0.3:
+                break
+        if k % 2 == 0:
+            diam, aspect = bead_d_nm * rng.uniform(0.8, 1.3), rng.uniform(0.8, 1.0)
+        else:
+            diam, aspect = np.exp(rng.uniform(np.log(40.0), np.log(300.0))), rng.uniform(0.5, 1)
+        a = diam / 2000.0
+        spurious.append(
+            _Blob(
+                (float(c[0]), float(c[1])),
+                (a, a * aspect),
+                float(rng.uniform(0, np.pi)),
+                _wobble(rng, 0.15),
+                float(rng.uniform(0.7, 1.0)),
+            )
+        )
+
+    em = _render_sem(
+        world,
+        G,
+        em_shape,
+        em_ppu,
+        beads_em,
+        r_em,
+        bead_values,
+        spurious,
+        float(p["sem_noise"]),
+        rng,
+    )
+
+    missing_lm = np.asarray(world.missing_in_lm, dtype=int)
+    visible = inside_em & inside_lm
+    visible[missing_em] = False
+    visible[missing_lm] = False
+    idx = np.flatnonzero(visible)
+    landmarks = pd.DataFrame(
+        {
+            "name": [f"bead{i:03d}" for i in idx],
+            "em_x_um": beads_em[idx, 0],
+            "em_y_um": beads_em[idx, 1],
+            "lm_x_um": beads_lm[idx, 0],
+            "lm_y_um": beads_lm[idx, 1],
+        }
+    )[LANDMARK_COLUMNS]
+
+    truth = {
+        "case": name,
+        "track": "fiducial",
+        "seed": int(seed),
+        "index": index,
+        "transform": Transform(
+            G,
+            moving="em",
+            fixed="lm",
+            method="ground truth (synthetic)",
+            extra={
+                "rotation_deg": rotation,
+                "scale": list(scale),
+                "shear": shear,
+                "mirror": mirror,
+                "em_center_in_lm_um": view["center_um"],
+            },
+        ).to_dict(),
+        "em_px_per_um": em_ppu,
+        "lm_px_per_um": lm_ppu,
+        "em_shape": list(em_shape),
+        "lm_shape": list(world.lm.shape),
+        "beads_lm_um": beads_lm.tolist(),
+        "beads_em_um": beads_em.tolist(),
+        "missing_in_em": missing_em.tolist(),
+        "missing_in_lm": missing_lm.tolist(),
+        "outside_em": np.flatnonzero(~inside_em).tolist(),
+        "missing_fraction": fraction,
+        "spurious_em_um": [list(b.center) for b in spurious],
+        "spurious_em_diameter_nm": [1000.0 * (b.semi_axes[0] + b.semi_axes[1]) for b in spurious],
+        "spurious_lm_um": world.debris.tolist(),
+        "spurious_lm_diameter_nm": world.debris_diameter_nm.tolist(),
+        "view": view,
+        "bead_diameter_nm": bead_d_nm,
+    }
+    return SyntheticCase(
+        name=name,
+        em=em,
+        em_px_per_um=em_ppu,
+        lm=np.array(world.lm),
+        lm_px_per_um=lm_ppu,
+        landmarks=landmarks,
+        ground_truth=truth,
+    )
