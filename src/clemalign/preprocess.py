@@ -1,0 +1,342 @@
+"""Preprocessing: channel selection, cropping and anti-aliased resampling in um.
+
+The analogy track brings a TEM image and a confocal image into a common sampling
+(14.52 px/um in the paper, sec. 5.3): the TEM field is resampled whole; the confocal is
+cropped to the region that the TEM field covers (found through a similarity fitted to
+the manual landmarks, the paper's rough start) plus a margin, and resampled too. Each
+image keeps its own physical frame: the TEM frame (um from its corner) and the crop
+frame (um from the crop's corner); the rough start maps one onto the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from .transforms import Transform, apply, fit_similarity, translation_matrix
+
+CHANNELS = {"red": 0, "green": 1, "blue": 2}
+
+
+def select_channel(image: np.ndarray, channel: str | int) -> np.ndarray:
+    """Return one channel of a colour image as a 2D array.
+
+    Parameters
+    ----------
+    image : ndarray
+        (rows, cols), (rows, cols, C) with C <= 4, or (C, rows, cols) with C <= 4.
+    channel : {'red', 'green', 'blue', 'gray'} or int
+        Channel to keep. ``'gray'`` takes the luminance of a colour image and passes a
+        2D image through. A 2D image is returned as it is for any channel (a single
+        channel file is taken to be the stain channel).
+
+    Raises
+    ------
+    ValueError
+        Unknown channel name, or an index the image does not have.
+    """
+    image = np.asarray(image)
+    if isinstance(channel, str) and channel not in (*CHANNELS, "gray"):
+        raise ValueError(f"unknown channel {channel!r}; use red, green, blue, gray or an index")
+    if image.ndim == 2:
+        return image
+    if image.ndim != 3:
+        raise ValueError(f"expected a 2D or colour image, got shape {image.shape}")
+    channels_last = image.shape[-1] <= 4
+    if not channels_last and image.shape[0] > 4:
+        raise ValueError(f"cannot tell the channel axis of an image of shape {image.shape}")
+    stack = image if channels_last else np.moveaxis(image, 0, -1)
+    if channel == "gray":
+        if stack.shape[-1] < 3:
+            return stack[..., 0]
+        weights = np.array([0.2125, 0.7154, 0.0721])
+        return (stack[..., :3].astype(np.float32) @ weights).astype(np.float32)
+    idx = CHANNELS[channel] if isinstance(channel, str) else int(channel)
+    if not 0 <= idx < stack.shape[-1]:
+        raise ValueError(
+            f"channel {channel!r} (index {idx}) not in an image with {stack.shape[-1]} channels"
+        )
+    return stack[..., idx]
+
+
+def to_unit_float(image: np.ndarray) -> np.ndarray:
+    """Scale an integer image by its dtype's maximum to float32 in [0, 1]; floats pass."""
+    image = np.asarray(image)
+    if np.issubdtype(image.dtype, np.integer):
+        return image.astype(np.float32) / np.float32(np.iinfo(image.dtype).max)
+    if image.dtype == np.bool_:
+        return image.astype(np.float32)
+    return image.astype(np.float32, copy=False)
+
+
+def resample(
+    image: np.ndarray,
+    px_per_um: float,
+    out_px_per_um: float,
+    origin_um: tuple[float, float] = (0.0, 0.0),
+    size_um: tuple[float, float] | None = None,
+    order: int = 3,
+) -> np.ndarray:
+    """Sample a 2D image on a new grid, with anti-aliasing when it shrinks.
+
+    The output pixel ``(i, j)`` has its centre at
+    ``x = origin_x + (j + 0.5) / out_px_per_um``, ``y = origin_y + (i + 0.5) / out_px_per_um``
+    (um, in the input's frame), so physical positions are kept exactly.
+
+    Downsampling by a factor ``f`` low-passes with a Gaussian of sigma ``(f - 1) / 2``
+    input px (scikit-image's anti-aliasing), separably and decimating by ``f // 2``
+    after each pass (8000 x 8000 TEM images need one float32 copy), then interpolates
+    with a cubic spline.
+
+    Parameters
+    ----------
+    image : ndarray
+        2D input.
+    px_per_um, out_px_per_um : float
+        Input and output sampling, px/um.
+    origin_um : (float, float)
+        (x, y) of the output's outer corner in the input frame, um.
+    size_um : (float, float), optional
+        (width, height) of the output in um (default: the whole input from the origin).
+        The output has ``round(size * out_px_per_um)`` pixels per axis.
+    order : int
+        Spline order of the final interpolation.
+
+    Returns
+    -------
+    ndarray of float32
+        Values outside the input take the nearest edge value.
+    """
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"resample expects a 2D image, got shape {image.shape}")
+    if px_per_um <= 0 or out_px_per_um <= 0:
+        raise ValueError(f"pixel sizes must be positive: {px_per_um}, {out_px_per_um}")
+    if size_um is None:
+        size_um = (
+            image.shape[1] / px_per_um - origin_um[0],
+            image.shape[0] / px_per_um - origin_um[1],
+        )
+    n_cols = max(1, int(round(size_um[0] * out_px_per_um)))
+    n_rows = max(1, int(round(size_um[1] * out_px_per_um)))
+
+    factor = float(px_per_um) / out_px_per_um
+    step = 1
+    if factor > 1.0 + 1e-9:
+        # Gaussian low-pass (sigma in input px), one axis at a time, keeping every
+        # `step`-th row/column after each pass: the filtered signal has no content
+        # above 1/factor cycles/px, so a step of factor/2 loses nothing, and an
+        # 8000 x 8000 TEM never needs more than one float32 copy.
+        sigma = (factor - 1.0) / 2.0
+        step = max(1, int(factor // 2))
+        work = ndimage.gaussian_filter1d(image, sigma, axis=0, output=np.float32, mode="reflect")
+        work = ndimage.gaussian_filter1d(work[::step], sigma, axis=1, mode="reflect")
+        work = np.ascontiguousarray(work[:, ::step])
+    else:
+        work = np.asarray(image, dtype=np.float32)
+
+    x = origin_um[0] + (np.arange(n_cols) + 0.5) / out_px_per_um
+    y = origin_um[1] + (np.arange(n_rows) + 0.5) / out_px_per_um
+    # Input pixel index p = y * ppu - 0.5; after decimation by `step`, index p / step.
+    rows = (y * px_per_um - 0.5) / step
+    cols = (x * px_per_um - 0.5) / step
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    out = ndimage.map_coordinates(work, [rr, cc], order=order, mode="nearest")
+    if order > 1:  # splines overshoot at edges; keep the input's range
+        out = np.clip(out, work.min(), work.max())
+    return out.astype(np.float32)
+
+
+@dataclass
+class PreparedPair:
+    """A TEM/confocal pair in the common sampling, ready for the analogy track.
+
+    Attributes
+    ----------
+    em, lm : ndarray of float32
+        TEM (moving) and confocal channel (fixed) in [0, 1], at ``px_per_um``.
+    px_per_um : float
+        Common sampling.
+    landmarks : pandas.DataFrame
+        ``em_*`` in the TEM frame, ``lm_*`` in the crop frame (um).
+    start : Transform
+        Rough similarity, TEM frame -> crop frame (um).
+    crop_origin_um : (float, float)
+        (x, y) of the crop's corner in the original confocal frame (um).
+    crop_size_um : (float, float)
+        (width, height) of the crop, um.
+    """
+
+    em: np.ndarray
+    lm: np.ndarray
+    px_per_um: float
+    landmarks: pd.DataFrame
+    start: Transform
+    crop_origin_um: tuple[float, float]
+    crop_size_um: tuple[float, float]
+
+    def lm_frame_from_confocal(self) -> np.ndarray:
+        """3x3 matrix mapping original confocal um to crop-frame um."""
+        return translation_matrix(-self.crop_origin_um[0], -self.crop_origin_um[1])
+
+
+def prepare_analogy_pair(
+    em: np.ndarray,
+    em_px_per_um: float,
+    lm: np.ndarray,
+    lm_px_per_um: float,
+    landmarks: pd.DataFrame,
+    channel: str | int = "green",
+    px_per_um: float = 14.52,
+    margin_um: float = 3.0,
+) -> PreparedPair:
+    """Resample a TEM/confocal pair to a common sampling with the rough similarity start.
+
+    Parameters
+    ----------
+    em : ndarray
+        TEM image (2D; colour is reduced to luminance), ``em_px_per_um``.
+    lm : ndarray
+        Confocal image (2D or colour), ``lm_px_per_um``.
+    landmarks : pandas.DataFrame
+        Manual landmark pairs (``em_*`` TEM um, ``lm_*`` confocal um), at least 2.
+    channel : str or int
+        Confocal channel to keep (paper: green).
+    px_per_um : float
+        Common sampling (paper: 14.52 px/um).
+    margin_um : float
+        Margin around the TEM field's footprint in the confocal, um.
+
+    Returns
+    -------
+    PreparedPair
+
+    Raises
+    ------
+    ValueError
+        Too few landmarks, or a TEM footprint that misses the confocal image.
+    """
+    if len(landmarks) < 2:
+        raise ValueError(
+            f"need at least 2 landmark pairs for the rough start, got {len(landmarks)}"
+        )
+    em_xy = landmarks[["em_x_um", "em_y_um"]].to_numpy(float)
+    lm_xy = landmarks[["lm_x_um", "lm_y_um"]].to_numpy(float)
+    similarity = fit_similarity(em_xy, lm_xy)
+
+    em2d = to_unit_float(select_channel(em, "gray"))
+    lm2d = to_unit_float(select_channel(lm, channel))
+    em_w, em_h = em2d.shape[1] / em_px_per_um, em2d.shape[0] / em_px_per_um
+    lm_w, lm_h = lm2d.shape[1] / lm_px_per_um, lm2d.shape[0] / lm_px_per_um
+
+    footprint = apply(similarity, np.array([[0, 0], [em_w, 0], [0, em_h], [em_w, em_h]]))
+    lo = np.maximum(footprint.min(0) - margin_um, 0.0)
+    hi = np.minimum(footprint.max(0) + margin_um, [lm_w, lm_h])
+    if np.any(hi - lo <= 1.0 / px_per_um):
+        raise ValueError(
+            f"the TEM field mapped by the landmark similarity ({footprint.min(0).round(2)} to "
+            f"{footprint.max(0).round(2)} um) does not overlap the confocal image "
+            f"(0..{lm_w:.2f} x 0..{lm_h:.2f} um); check the landmark file"
+        )
+    # Snap the crop to the output grid so that its extent is a whole number of pixels.
+    size = np.round((hi - lo) * px_per_um) / px_per_um
+    origin = (float(lo[0]), float(lo[1]))
+
+    em_out = resample(em2d, em_px_per_um, px_per_um)
+    lm_out = resample(lm2d, lm_px_per_um, px_per_um, origin_um=origin, size_um=tuple(size))
+
+    to_crop = translation_matrix(-origin[0], -origin[1])
+    lm_crop = apply(to_crop, lm_xy)
+    table = landmarks.copy()
+    table["lm_x_um"], table["lm_y_um"] = lm_crop[:, 0], lm_crop[:, 1]
+    start = Transform(
+        to_crop @ similarity,
+        moving="em (TEM frame)",
+        fixed="lm (crop frame)",
+        method="similarity least-squares fit to the manual landmarks",
+    )
+    return PreparedPair(
+        em_out, lm_out, float(px_per_um), table, start, origin, (float(size[0]), float(size[1]))
+    )
+
+
+@dataclass
+class CaseInputs:
+    """Raw images of a case with their pixel sizes (px/um) and landmark pairs (um)."""
+
+    em: np.ndarray
+    em_px_per_um: float
+    lm: np.ndarray
+    lm_px_per_um: float
+    landmarks: pd.DataFrame
+
+
+def _image_with_size(
+    case: str, path: str, override: float | None, role: str
+) -> tuple[np.ndarray, float]:
+    from .errors import CaseError
+    from .io import read_image
+
+    try:
+        image, from_file = read_image(path)
+    except Exception as error:  # noqa: BLE001 - any read failure names the case and file
+        raise CaseError(case, f"cannot read the {role} image: {error}", path) from error
+    ppu = override if override is not None else from_file
+    if ppu is None:
+        raise CaseError(
+            case,
+            f"the {role} image has no pixel size in the file; give "
+            f"{role}_px_per_um in the case sheet",
+            path,
+        )
+    if not (np.isfinite(ppu) and ppu > 0):
+        raise CaseError(case, f"the {role} pixel size {ppu!r} px/um is not positive", path)
+    return image, float(ppu)
+
+
+def load_case_inputs(case: dict) -> CaseInputs:
+    """Read a case's images and landmarks, checking that they fit together.
+
+    Parameters
+    ----------
+    case : dict
+        A :class:`clemalign.cases.Case` as dict (``name, em, lm, landmarks,
+        em_px_per_um, lm_px_per_um``...).
+
+    Raises
+    ------
+    CaseError
+        Unreadable file, missing pixel size, or landmarks outside their image (which
+        usually means pixel coordinates where um were expected).
+    """
+    from .errors import CaseError
+    from .io import read_landmarks
+
+    name = case["name"]
+    em, em_ppu = _image_with_size(name, case["em"], case.get("em_px_per_um"), "em")
+    lm, lm_ppu = _image_with_size(name, case["lm"], case.get("lm_px_per_um"), "lm")
+    try:
+        landmarks = read_landmarks(case["landmarks"])
+    except Exception as error:  # noqa: BLE001
+        raise CaseError(name, f"bad landmark file: {error}", case["landmarks"]) from error
+    for role, image, ppu in (("em", em, em_ppu), ("lm", lm, lm_ppu)):
+        rows, cols = image.shape[:2] if image.ndim == 2 or image.shape[-1] <= 4 else image.shape[1:]
+        extent = np.array([cols, rows]) / ppu
+        xy = landmarks[[f"{role}_x_um", f"{role}_y_um"]].to_numpy(float)
+        outside = np.any((xy < -0.05 * extent) | (xy > 1.05 * extent), axis=1)
+        if outside.any():
+            bad = landmarks.loc[outside, "name"].tolist()
+            which = (
+                f"all {len(bad)} landmarks" if len(bad) == len(landmarks) else f"landmarks {bad}"
+            )
+            raise CaseError(
+                name,
+                f"{which} lie outside the {role} image "
+                f"({extent[0]:.2f} x {extent[1]:.2f} um at {ppu:.4g} px/um); "
+                "landmark coordinates must be in um, not pixels",
+                case["landmarks"],
+            )
+    return CaseInputs(em, em_ppu, lm, lm_ppu, landmarks)
