@@ -1,0 +1,91 @@
+"""Rule preprocess_analogy / preprocess_fiducial: bring one case into its working frame."""
+
+import numpy as np
+
+from clemalign.io import read_json, write_json, write_landmarks, write_tiff
+from clemalign.preprocess import (
+    load_case_inputs,
+    prepare_analogy_pair,
+    select_channel,
+    to_unit_float,
+)
+from clemalign.runner import job
+from clemalign.transforms import Transform
+
+smk = snakemake  # noqa: F821 - injected by Snakemake
+
+with job(smk) as log:
+    case, opts = smk.params.case, smk.params.preprocess
+    raw = load_case_inputs(case)
+    frame = {
+        "case": case["name"],
+        "track": case["track"],
+        "em_source": case["em"],
+        "lm_source": case["lm"],
+        "channel": case["channel"],
+    }
+    truth = read_json(smk.input.ground_truth) if "ground_truth" in smk.input.keys() else None
+    gt = Transform.from_dict(truth["transform"]) if truth else None
+    if case["track"] == "analogy":
+        pair = prepare_analogy_pair(
+            raw.em,
+            raw.em_px_per_um,
+            raw.lm,
+            raw.lm_px_per_um,
+            raw.landmarks,
+            case["channel"],
+            opts["px_per_um"],
+            opts.get("margin_um", 3.0),
+        )
+        write_tiff(smk.output.em, pair.em, pair.px_per_um, {"case": case["name"], "frame": "em"})
+        write_tiff(
+            smk.output.lm, pair.lm, pair.px_per_um, {"case": case["name"], "frame": "lm crop"}
+        )
+        write_landmarks(smk.output.landmarks, pair.landmarks)
+        pair.start.save(smk.output.start)
+        frame.update(
+            em_px_per_um=pair.px_per_um,
+            lm_px_per_um=pair.px_per_um,
+            em_shape=pair.em.shape,
+            lm_shape=pair.lm.shape,
+            lm_crop_origin_um=pair.crop_origin_um,
+            lm_crop_size_um=pair.crop_size_um,
+        )
+        if gt is not None:
+            frame["ground_truth"] = Transform(
+                pair.lm_frame_from_confocal() @ gt.matrix,
+                "em (TEM frame)",
+                "lm (crop frame)",
+                "ground truth mapped into the crop frame",
+            ).to_dict()
+        log.info(
+            "TEM %s -> %s, confocal crop %s um at origin %s um, start det %.4f",
+            raw.em.shape,
+            pair.em.shape,
+            np.round(pair.crop_size_um, 2),
+            np.round(pair.crop_origin_um, 2),
+            np.linalg.det(pair.start.matrix[:2, :2]),
+        )
+    else:
+        em = to_unit_float(select_channel(raw.em, "gray"))
+        lm = to_unit_float(select_channel(raw.lm, case["channel"]))
+        write_tiff(smk.output.em, em, raw.em_px_per_um, {"case": case["name"], "frame": "em"})
+        write_tiff(smk.output.lm, lm, raw.lm_px_per_um, {"case": case["name"], "frame": "lm"})
+        write_landmarks(smk.output.landmarks, raw.landmarks)
+        frame.update(
+            em_px_per_um=raw.em_px_per_um,
+            lm_px_per_um=raw.lm_px_per_um,
+            em_shape=em.shape,
+            lm_shape=lm.shape,
+        )
+        if gt is not None:
+            frame["ground_truth"] = gt.to_dict()
+        log.info(
+            "SEM %s at %.4g px/um, confocal %s at %.4g px/um, %d landmark pairs",
+            em.shape,
+            raw.em_px_per_um,
+            lm.shape,
+            raw.lm_px_per_um,
+            len(raw.landmarks),
+        )
+    write_json(smk.output.frame, frame)

@@ -1,0 +1,178 @@
+"""The Snakemake workflow, run for real in temporary folders."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clemalign.io import read_image, read_json, write_landmarks
+from clemalign.phantom import make_analogy_case
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """\
+results: out
+synthetic:
+  analogy:
+    n_cases: 1
+    tem_px_per_um: 30.0
+    tem_field_um: [8.0, 8.0]
+    confocal_field_um: [20.0, 20.0]
+  fiducial:
+    confocal_size_px: 200
+    n_beads: 20
+    views:
+      - {px_nm: 25, size_px: [240, 240], rotation_deg: 10.0, scale: [1.0, 1.0], shear: 0.0,
+         mirror: true}
+"""
+
+
+def snakemake(workdir: Path, *args: str, config: str | None = None) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in ``workdir`` with an optional config file text."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        *args,
+    ]
+    if config is not None:
+        (workdir / "test_config.yaml").write_text(config)
+        cmd += ["--configfile", str(workdir / "test_config.yaml")]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def _expected(case: str, track: str) -> list[str]:
+    files = [f"data/{case}/{f}" for f in ("em.tif", "lm.tif", "landmarks.csv", "ground_truth.json")]
+    files += [
+        f"preprocessed/{case}/{f}" for f in ("em.tif", "lm.tif", "landmarks.csv", "frame.json")
+    ]
+    if track == "analogy":
+        files.append(f"preprocessed/{case}/start_transform.json")
+    files.append(f"figures/cases/{case}.png")
+    for rule in (f"phantom_{track}", "preprocess", "figure_case"):
+        files += [f"logs/{rule}/{case}.log", f"benchmarks/{rule}/{case}.tsv"]
+    return files
+
+
+@pytest.mark.workflow
+def test_tiny_run_produces_every_output_deterministically(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        result = snakemake(tmp_path / name, config=TINY)
+        assert result.returncode == 0, result.stderr[-3000:]
+        out = tmp_path / name / "out"
+        for rel in _expected("tem01", "analogy") + _expected("sem01", "fiducial"):
+            assert (out / rel).is_file(), f"missing {rel}"
+        runs.append(out)
+    a, b = runs
+    em, ppu = read_image(a / "preprocessed/tem01/em.tif")
+    assert ppu == pytest.approx(14.52)
+    assert em.shape == (round(8.0 * 14.52),) * 2
+    lm, ppu = read_image(a / "preprocessed/tem01/lm.tif")
+    assert ppu == pytest.approx(14.52) and lm.dtype == np.float32
+    start = read_json(a / "preprocessed/tem01/start_transform.json")
+    assert start["units"] == "um" and start["direction"] == "moving_to_fixed"
+    # Same config and seed, other folder: identical data and preprocessed images.
+    for rel in (
+        "data/tem01/em.tif",
+        "data/tem01/lm.tif",
+        "data/sem01/em.tif",
+        "preprocessed/tem01/lm.tif",
+        "preprocessed/tem01/landmarks.csv",
+    ):
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+@pytest.mark.workflow
+def test_lint_is_clean():
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    text = result.stdout + result.stderr
+    assert "Lints for" not in text, text
+    assert "good condition" in text
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize(
+    "snippet, key, value",
+    [
+        ("preprocess: {px_per_um: -14.52, channel: green}", "px_per_um", "-14.52"),
+        ("synthetic: {analogy: {tem_px_per_um: -5}}", "tem_px_per_um", "-5"),
+        ("preprocess: {px_per_um: 14.52, channel: purple}", "channel", "purple"),
+        ("seed: -3", "seed", "-3"),
+    ],
+)
+def test_bad_config_value_is_rejected_at_start_up(tmp_path, snippet, key, value):
+    result = snakemake(tmp_path, "-n", config=snippet + "\n")
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert key in text and value in text, text[-2000:]
+    assert not (tmp_path / "results").exists()
+
+
+def _write_case(folder: Path, in_pixels: bool = False) -> dict[str, str]:
+    case = make_analogy_case(
+        5, 0, {"tem_px_per_um": 30.0, "tem_field_um": [8.0, 8.0], "confocal_field_um": [20.0, 20.0]}
+    )
+    paths = case.write(str(folder))
+    if in_pixels:  # landmarks given in pixels by mistake
+        table = case.landmarks.copy()
+        table[["em_x_um", "em_y_um"]] *= case.em_px_per_um
+        table[["lm_x_um", "lm_y_um"]] *= case.lm_px_per_um
+        write_landmarks(paths["landmarks"], table)
+    return paths
+
+
+@pytest.mark.workflow
+def test_missing_case_file_is_named_at_start_up(tmp_path):
+    good = _write_case(tmp_path / "good")
+    sheet = tmp_path / "cases.tsv"
+    sheet.write_text(
+        "case\ttrack\tem\tlm\tlandmarks\n"
+        f"c1\tanalogy\t{good['em']}\tmissing_confocal.tif\t{good['landmarks']}\n"
+    )
+    result = snakemake(
+        tmp_path / "wd", "-n", config=f"data: {{source: sheet, case_sheet: {sheet}}}\n"
+    )
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "c1" in text and "missing_confocal.tif" in text and "not found" in text, text[-2000:]
+
+
+@pytest.mark.workflow
+def test_one_bad_case_does_not_stop_the_others(tmp_path):
+    good = _write_case(tmp_path / "good")
+    bad = _write_case(tmp_path / "bad", in_pixels=True)
+    sheet = tmp_path / "cases.tsv"
+    rows = ["case\ttrack\tem\tlm\tlandmarks"]
+    for name, p in (("good", good), ("bad", bad)):
+        rows.append(f"{name}\tanalogy\t{p['em']}\t{p['lm']}\t{p['landmarks']}")
+    sheet.write_text("\n".join(rows) + "\n")
+    config = f"data: {{source: sheet, case_sheet: {sheet}}}\n"
+    result = snakemake(tmp_path / "wd", "--keep-going", config=config)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "case 'bad'" in text and "landmarks" in text and "um, not pixels" in text, text[-3000:]
+    assert bad["landmarks"] in text
+    out = tmp_path / "wd" / "results"
+    assert (out / "figures/cases/good.png").is_file()
+    assert (out / "preprocessed/good/start_transform.json").is_file()
+    assert not (out / "preprocessed/bad/em.tif").exists()
+    log = (out / "logs/preprocess/bad.log").read_text()
+    assert "um, not pixels" in log

@@ -1,0 +1,83 @@
+# Case table and helpers shared by the rules. clemalign.cases needs only the standard
+# library, so the workflow parses before any job or conda environment exists.
+import importlib.util
+import os
+import re
+import sys
+
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+SRC = os.path.join(workflow.basedir, "src")
+# The conda post-deploy script (envs/) installs the package from here.
+os.environ.setdefault("CLEMALIGN_ROOT", workflow.basedir)
+if importlib.util.find_spec("clemalign") is None:
+    if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+        raise WorkflowError(
+            f"clemalign is not installed in this Python ({sys.executable}). Run ./run.sh "
+            "(it installs into .venv), or `pip install -e .` in this repository, or add "
+            "--use-conda."
+        )
+    sys.path.insert(0, SRC)  # parsing needs only clemalign.cases (standard library)
+
+from clemalign.cases import load_cases
+from clemalign.errors import ConfigError
+
+R = config["results"]
+ENV = "../../envs/clemalign.yaml"
+
+try:
+    CASES = {case.name: case for case in load_cases(config, R)}
+except ConfigError as err:
+    raise WorkflowError(f"Invalid configuration: {err}") from None
+for _case in CASES.values():
+    validate(_case.as_dict(), "../schemas/cases.schema.yaml")
+
+
+def cases_of(track, synthetic=None):
+    """Names of the cases of one track (optionally only synthetic or only real)."""
+    return [
+        n
+        for n, c in CASES.items()
+        if c.track == track and (synthetic is None or c.synthetic == synthetic)
+    ]
+
+
+def constraint(names):
+    """Wildcard regex matching exactly these case names (never matches if empty)."""
+    return "|".join(map(re.escape, names)) if names else "(?!x)x"
+
+
+def case_files(wildcards):
+    """Input files of a case: em, lm, landmarks (+ ground_truth when known)."""
+    case = CASES[wildcards.case]
+    files = {"em": case.em, "lm": case.lm, "landmarks": case.landmarks}
+    if case.ground_truth:
+        files["ground_truth"] = case.ground_truth
+    return files
+
+
+def preprocessed_files(wildcards):
+    """Outputs of preprocessing a case; the start transform exists for analogy cases."""
+    base = f"{R}/preprocessed/{wildcards.case}"
+    files = {
+        "pre_em": f"{base}/em.tif",
+        "pre_lm": f"{base}/lm.tif",
+        "pre_landmarks": f"{base}/landmarks.csv",
+        "frame": f"{base}/frame.json",
+    }
+    if CASES[wildcards.case].track == "analogy":
+        files["start"] = f"{base}/start_transform.json"
+    return files
+
+
+def case_record(wildcards):
+    return CASES[wildcards.case].as_dict()
+
+
+def all_targets():
+    targets = []
+    for name, case in CASES.items():
+        base = f"{R}/preprocessed/{name}"
+        targets += [f"{base}/em.tif", f"{base}/lm.tif", f"{base}/landmarks.csv"]
+        targets.append(f"{R}/figures/cases/{name}.png")
+    return targets
