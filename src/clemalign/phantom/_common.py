@@ -200,6 +200,20 @@ def min_distance_sample(
     return np.array(pts).reshape(-1, 2)
 
 
+def merge_params(defaults: dict, overrides: dict | None) -> dict:
+    """Deep copy of ``defaults`` updated by ``overrides`` (nested dicts merged key by key,
+    anything else, lists included, replaced)."""
+    import copy
+
+    merged = copy.deepcopy(defaults)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_params(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
 @dataclass
 class SyntheticCase:
     """One synthetic correlative case with its ground truth.

@@ -50,6 +50,7 @@ from ._common import (
     block_mean,
     coverage,
     ellipse_distance,
+    merge_params,
     min_distance_sample,
     pixel_grid_um,
     poisson_gaussian,
@@ -118,12 +119,6 @@ _BEAD_PEAK = 0.85  # blurred confocal bead peak per unit amplitude (signal units
 _FWHM_TO_SIGMA = 1.0 / 2.3548
 _N_CENTER_CANDIDATES = 12  # random SEM field positions tried when no centre is given
 
-
-def _merged(params: dict | None) -> dict:
-    p = copy.deepcopy(DEFAULT_FIDUCIAL_PARAMS)
-    for key, value in (params or {}).items():
-        p[key] = copy.deepcopy(value)
-    return p
 
 
 def _draw(rng: np.random.Generator, value: object, integer: bool = False) -> float:
@@ -551,7 +546,7 @@ def make_fiducial_case(
     The number of buried beads is ``missing_fraction`` (drawn) times the beads inside
     the field, rounded and kept within the configured range when possible.
     """
-    p = _merged(params)
+    p = merge_params(DEFAULT_FIDUCIAL_PARAMS, params)
     index = int(index)
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")

@@ -22,7 +22,6 @@ red and faintly in green, like myelin.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +36,7 @@ from ._common import (
     block_mean,
     coverage,
     ellipse_distance,
+    merge_params,
     poisson_gaussian,
     to_uint8,
 )
@@ -515,15 +515,6 @@ def _render_confocal(
 # ------------------------------------------------------------------------ the case
 
 
-def _merged(params: dict | None) -> dict:
-    p = copy.deepcopy(DEFAULT_ANALOGY_PARAMS)
-    for key, value in (params or {}).items():
-        if isinstance(value, dict) and isinstance(p.get(key), dict):
-            p[key].update(value)
-        else:
-            p[key] = value
-    return p
-
 
 def _farthest_points(rng: np.random.Generator, pts: np.ndarray, k: int) -> np.ndarray:
     chosen = [int(rng.integers(len(pts)))]
@@ -559,7 +550,7 @@ def make_analogy_case(
         (um, TEM and confocal frames) and the ground truth: the affine TEM um ->
         confocal um, the nominal TEM box, the true landmark positions.
     """
-    p = _merged(params)
+    p = merge_params(DEFAULT_ANALOGY_PARAMS, params)
     name = name or f"tem{index + 1:02d}"
     rng = np.random.default_rng([seed, 100, index])
     tem_ppu, lm_ppu = float(p["tem_px_per_um"]), float(p["confocal_px_per_um"])
