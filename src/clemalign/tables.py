@@ -1,0 +1,108 @@
+"""Tables as the paper prints them, written as CSV, Markdown and LaTeX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _fmt(value: object, digits: int) -> str:
+    if isinstance(value, float | np.floating):
+        return "--" if not np.isfinite(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 1) -> str:
+    """Markdown of a table with two-level columns (group, measure) and an index."""
+    groups = [" ".join(str(c) for c in col if str(c)) for col in table.columns]
+    head = "| " + " | ".join([str(table.index.name or "")] + groups) + " |"
+    rule = "|" + "---|" * (len(groups) + 1)
+    rows = [
+        "| " + " | ".join([str(idx)] + [_fmt(v, digits) for v in row]) + " |"
+        for idx, row in zip(table.index, table.itertuples(index=False), strict=True)
+    ]
+    return "\n".join([head, rule, *rows]) + "\n"
+
+
+def to_latex(table: pd.DataFrame, caption: str, digits: int = 1) -> str:
+    """A booktabs LaTeX table with grouped column headers (group over MAE/STD)."""
+    top = table.columns.get_level_values(0)
+    groups: list[tuple[str, int]] = []
+    for name in top:
+        if groups and groups[-1][0] == name:
+            groups[-1] = (name, groups[-1][1] + 1)
+        else:
+            groups.append((name, 1))
+    spec = "l" + "r" * len(table.columns)
+    lines = [
+        r"\begin{table}",
+        r"\centering",
+        rf"\caption{{{caption}}}",
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+    ]
+    lines.append(
+        " & ".join([""] + [rf"\multicolumn{{{n}}}{{c}}{{{g}}}" for g, n in groups]) + r" \\"
+    )
+    start = 2
+    rules = []
+    for _, n in groups:
+        rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+        start += n
+    lines.append(" ".join(rules))
+    lines.append(
+        " & ".join(
+            [str(table.index.name or "")] + [str(c) for c in table.columns.get_level_values(1)]
+        )
+        + r" \\"
+    )
+    lines.append(r"\midrule")
+    for idx, row in zip(table.index, table.itertuples(index=False), strict=True):
+        lines.append(" & ".join([str(idx)] + [_fmt(v, digits) for v in row]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines).replace("_", r"\_") + "\n"
+
+
+def write_table(
+    table: pd.DataFrame,
+    csv: str | Path,
+    md: str | Path,
+    tex: str | Path,
+    caption: str,
+    digits: int = 1,
+) -> None:
+    """Write one table in the three formats (CSV keeps full precision)."""
+    flat = table.copy()
+    flat.columns = [" ".join(str(c) for c in col if str(c)) for col in table.columns]
+    flat.to_csv(csv)
+    Path(md).write_text(f"{caption}\n\n" + to_markdown(table, digits))
+    Path(tex).write_text(to_latex(table, caption, digits))
+
+
+#: Methods of Table 1, in the paper's column order, with their column titles.
+TABLE1_METHODS = {
+    "algorithm1": "Our method (Algorithm 1)",
+    "gaussian_baseline": "Method in [5] (Gaussian fit)",
+    "robust": "Robust (beyond the paper)",
+}
+
+
+def table1(long: pd.DataFrame) -> pd.DataFrame:
+    """Paper layout of Table 1 from the long table (case, method, mae_nm, std_nm...).
+
+    Rows are cases; for each method two columns, MAE and STD in nm; a method that
+    failed on a case shows ``--``.
+    """
+    cols = pd.MultiIndex.from_tuples(
+        [(title, m) for title in TABLE1_METHODS.values() for m in ("MAE", "STD")]
+    )
+    cases = list(dict.fromkeys(long["case"]))
+    wide = pd.DataFrame(index=pd.Index(cases, name="case"), columns=cols, dtype=float)
+    for row in long.itertuples(index=False):
+        title = TABLE1_METHODS.get(row.method)
+        if title is not None:
+            wide.loc[row.case, (title, "MAE")] = row.mae_nm
+            wide.loc[row.case, (title, "STD")] = row.std_nm
+    return wide
