@@ -19,6 +19,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/fiducials.smk"
 
 
 rule all:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from clemalign.io import read_image, read_json, write_landmarks
@@ -60,9 +61,21 @@ def _expected(case: str, track: str) -> list[str]:
     if track == "analogy":
         files.append(f"preprocessed/{case}/start_transform.json")
     files.append(f"figures/cases/{case}.png")
-    for rule in (f"phantom_{track}", "preprocess", "figure_case"):
+    rules = [f"phantom_{track}", "preprocess", "figure_case"]
+    if track == "fiducial":
+        files += [f"fiducials/{case}/{f}" for f in ("summary.json", "pairs.csv")]
+        files += [
+            f"fiducials/{case}/{m}_transform.json"
+            for m in ("algorithm1", "gaussian_baseline", "robust")
+        ]
+        files.append(f"figures/fiducials/{case}.png")
+        rules.append("register_fiducials")
+    for rule in rules:
         files += [f"logs/{rule}/{case}.log", f"benchmarks/{rule}/{case}.tsv"]
     return files
+
+
+TABLES = [f"tables/table1_fiducials{sfx}" for sfx in ("_long.csv", ".csv", ".md", ".tex")]
 
 
 @pytest.mark.workflow
@@ -72,7 +85,7 @@ def test_tiny_run_produces_every_output_deterministically(tmp_path):
         result = snakemake(tmp_path / name, config=TINY)
         assert result.returncode == 0, result.stderr[-3000:]
         out = tmp_path / name / "out"
-        for rel in _expected("tem01", "analogy") + _expected("sem01", "fiducial"):
+        for rel in _expected("tem01", "analogy") + _expected("sem01", "fiducial") + TABLES:
             assert (out / rel).is_file(), f"missing {rel}"
         runs.append(out)
     a, b = runs
@@ -83,8 +96,13 @@ def test_tiny_run_produces_every_output_deterministically(tmp_path):
     assert ppu == pytest.approx(14.52) and lm.dtype == np.float32
     start = read_json(a / "preprocessed/tem01/start_transform.json")
     assert start["units"] == "um" and start["direction"] == "moving_to_fixed"
-    # Same config and seed, other folder: identical data and preprocessed images.
+    long = pd.read_csv(a / "tables/table1_fiducials_long.csv")
+    assert list(long.columns) == ["case", "method", "mae_nm", "std_nm", "n_matched", "status"]
+    assert set(long["method"]) == {"algorithm1", "gaussian_baseline", "robust"}
+    # Same config and seed, other folder: identical data, images and tables.
     for rel in (
+        "tables/table1_fiducials_long.csv",
+        "tables/table1_fiducials.tex",
         "data/tem01/em.tif",
         "data/tem01/lm.tif",
         "data/sem01/em.tif",

@@ -150,3 +150,164 @@ def case_figure(
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def fiducial_figure(
+    path: str,
+    case: str,
+    em: np.ndarray,
+    em_px_per_um: float,
+    lm: np.ndarray,
+    lm_px_per_um: float,
+    result: object,
+    landmarks: pd.DataFrame,
+    errors_nm: dict[str, tuple[float, float]],
+    method: str = "algorithm1",
+) -> None:
+    """The paper's Fig. 2 for one case, plus the predicted TRE map and the error bars.
+
+    Panels: (a) SEM with detected beads, (b) confocal with detected beads, (c) overlay of
+    the registered SEM (magenta) on the confocal (green), (d) registered landmarks
+    (mapped SEM landmarks vs their confocal partners), (e) predicted TRE over the SEM
+    footprint, (f) MAE +- STD (nm) of every method against the landmarks.
+
+    Parameters
+    ----------
+    path : str
+        Output PNG.
+    case : str
+        Case name.
+    em, lm : ndarray
+        SEM (moving) and confocal (fixed) images at ``*_px_per_um``.
+    result : clemalign.fiducials.FiducialCase
+        Detections and per-method outcomes.
+    landmarks : pandas.DataFrame
+        Evaluation landmarks (um; em and lm frames).
+    errors_nm : dict
+        method -> (MAE, STD) in nm (NaN for a failed method).
+    method : str
+        Method whose transform panels (c)-(e) show.
+    """
+    from .fiducials import predicted_tre_um
+    from .transforms import warp_image
+
+    outcome = result.outcomes[method]
+    fig, axes = plt.subplots(2, 3, figsize=(16, 10.5))
+    ax = axes.ravel()
+    matched_src = outcome.pairs_src_um if outcome.matrix is not None else np.zeros((0, 2))
+    ax[0].imshow(_stretch(em), cmap="gray", extent=_extent(em.shape, em_px_per_um))
+    b = result.em_beads.xy_um
+    ax[0].scatter(b[:, 0], b[:, 1], s=60, facecolors="none", edgecolors="yellow", lw=1)
+    ax[0].scatter(matched_src[:, 0], matched_src[:, 1], s=12, c="red")
+    ax[0].set_title(
+        f"(a) {case}: SEM, {len(b)} beads detected, {len(matched_src)} matched", fontsize=9
+    )
+    ax[1].imshow(_stretch(lm), cmap="gray", extent=_extent(lm.shape, lm_px_per_um))
+    b = result.lm_beads.xy_um
+    ax[1].scatter(b[:, 0], b[:, 1], s=60, facecolors="none", edgecolors="yellow", lw=1)
+    ax[1].set_title(f"(b) confocal, {len(b)} beads detected", fontsize=9)
+
+    em_w, em_h = em.shape[1] / em_px_per_um, em.shape[0] / em_px_per_um
+    corners = np.array([[0, 0], [em_w, 0], [em_w, em_h], [0, em_h], [0, 0]], dtype=float)
+    if outcome.matrix is not None:
+        warped = warp_image(em, em_px_per_um, outcome.matrix, lm.shape, lm_px_per_um, cval=0.0)
+        rgb = np.zeros(lm.shape + (3,), np.float32)
+        rgb[..., 1] = _stretch(lm)
+        rgb[..., 0] = rgb[..., 2] = _stretch(warped)
+        ax[2].imshow(rgb, extent=_extent(lm.shape, lm_px_per_um))
+        foot = apply(outcome.matrix, corners)
+        for a in (ax[1], ax[2]):
+            a.plot(foot[:, 0], foot[:, 1], color="white", lw=1)
+        ax[2].set_xlim(foot[:, 0].min() - 0.5, foot[:, 0].max() + 0.5)
+        ax[2].set_ylim(foot[:, 1].max() + 0.5, foot[:, 1].min() - 0.5)
+        ax[2].set_title(f"(c) {method}: SEM (magenta) on confocal (green)", fontsize=9)
+
+        em_xy = landmarks[["em_x_um", "em_y_um"]].to_numpy(float)
+        lm_xy = landmarks[["lm_x_um", "lm_y_um"]].to_numpy(float)
+        mapped = apply(outcome.matrix, em_xy)
+        ax[3].scatter(
+            lm_xy[:, 0],
+            lm_xy[:, 1],
+            s=70,
+            facecolors="none",
+            edgecolors="green",
+            label="confocal landmark",
+        )
+        ax[3].scatter(
+            mapped[:, 0],
+            mapped[:, 1],
+            marker="+",
+            s=60,
+            c="magenta",
+            label="registered SEM landmark",
+        )
+        gain = 100.0
+        ax[3].quiver(
+            lm_xy[:, 0],
+            lm_xy[:, 1],
+            (mapped - lm_xy)[:, 0] * gain,
+            (mapped - lm_xy)[:, 1] * gain,
+            angles="xy",
+            scale_units="xy",
+            scale=1,
+            color="black",
+            width=0.003,
+            label=f"error x{gain:.0f}",
+        )
+        ax[3].plot(foot[:, 0], foot[:, 1], color="grey", lw=0.8)
+        ax[3].invert_yaxis()
+        ax[3].set_aspect("equal")
+        ax[3].legend(fontsize=7, loc="lower right")
+        ax[3].set_title(f"(d) registered landmarks ({len(em_xy)})", fontsize=9)
+
+        if outcome.pairs_src_um is not None and len(outcome.pairs_src_um) > 3:
+            gx, gy = np.meshgrid(np.linspace(0, em_w, 80), np.linspace(0, em_h, 80))
+            tre = predicted_tre_um(
+                outcome.pairs_src_um, outcome.fre_um, np.stack([gx.ravel(), gy.ravel()], 1)
+            ).reshape(gx.shape)
+            im = ax[4].imshow(tre * 1000, extent=(0, em_w, em_h, 0), cmap="viridis")
+            ax[4].scatter(outcome.pairs_src_um[:, 0], outcome.pairs_src_um[:, 1], s=8, c="white")
+            fig.colorbar(im, ax=ax[4], label="predicted TRE (nm)")
+            ax[4].set_title(
+                f"(e) predicted TRE over the SEM field, FRE {outcome.fre_um * 1000:.1f} nm",
+                fontsize=9,
+            )
+    else:
+        for a in ax[2:5]:
+            a.text(
+                0.5,
+                0.5,
+                f"{method}\n{outcome.status}",
+                ha="center",
+                va="center",
+                wrap=True,
+                fontsize=8,
+                transform=a.transAxes,
+            )
+    names = list(errors_nm)
+    mae = [errors_nm[n][0] for n in names]
+    std = [errors_nm[n][1] for n in names]
+    ax[5].bar(
+        names,
+        np.nan_to_num(mae, nan=0.0),
+        yerr=np.nan_to_num(std, nan=0.0),
+        color=["tab:blue", "tab:orange", "tab:green"][: len(names)],
+        capsize=4,
+    )
+    for k, value in enumerate(mae):
+        ax[5].annotate(
+            "failed" if not np.isfinite(value) else f"{value:.1f}",
+            (k, 0),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+        )
+    ax[5].set_ylabel("landmark error, MAE +- STD (nm)")
+    ax[5].set_title("(f) error against the landmarks", fontsize=9)
+    for a in ax[:5]:
+        a.set_xlabel("x (um)")
+        a.set_ylabel("y (um)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -80,4 +80,8 @@ def all_targets():
         base = f"{R}/preprocessed/{name}"
         targets += [f"{base}/em.tif", f"{base}/lm.tif", f"{base}/landmarks.csv"]
         targets.append(f"{R}/figures/cases/{name}.png")
+        if case.track == "fiducial":
+            targets.append(f"{R}/figures/fiducials/{name}.png")
+    if cases_of("fiducial"):
+        targets.append(f"{R}/tables/table1_fiducials.md")
     return targets
