@@ -120,7 +120,6 @@ _FWHM_TO_SIGMA = 1.0 / 2.3548
 _N_CENTER_CANDIDATES = 12  # random SEM field positions tried when no centre is given
 
 
-
 def _draw(rng: np.random.Generator, value: object, integer: bool = False) -> float:
     """A scalar as is, or a uniform draw from a ``[low, high]`` range (inclusive ints)."""
     if np.ndim(value) == 0:

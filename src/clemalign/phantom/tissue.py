@@ -515,7 +515,6 @@ def _render_confocal(
 # ------------------------------------------------------------------------ the case
 
 
-
 def _farthest_points(rng: np.random.Generator, pts: np.ndarray, k: int) -> np.ndarray:
     chosen = [int(rng.integers(len(pts)))]
     dist = np.hypot(*(pts - pts[chosen[0]]).T)
