@@ -20,6 +20,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/fiducials.smk"
+include: "workflow/rules/analogy.smk"
 
 
 rule all:

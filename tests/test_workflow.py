@@ -17,9 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY = """\
 results: out
+analogy: {n_training_cases: 1, patch_size: 5, n_patches: 400, n_atoms: 30, lambda: 0.05,
+          dictionary_max_iter: 5, eq7_max_iter: 5}
 synthetic:
   analogy:
-    n_cases: 1
+    n_cases: 2
     tem_px_per_um: 30.0
     tem_field_um: [8.0, 8.0]
     confocal_field_um: [20.0, 20.0]
@@ -76,6 +78,20 @@ def _expected(case: str, track: str) -> list[str]:
 
 
 TABLES = [f"tables/table1_fiducials{sfx}" for sfx in ("_long.csv", ".csv", ".md", ".tex")]
+TABLES.append("tables/prediction_quality.csv")
+ANALOGY = [
+    f"analogy/{case}/{f}"
+    for case in ("tem01", "tem02")
+    for f in (
+        "dictionary.npz",
+        "sparse_predicted.tif",
+        "sparse_tem_denoised.tif",
+        "sparse_decoupled.tif",
+        "sparse_uncertainty.tif",
+        "confocal_denoised.tif",
+        "sparse_prediction.json",
+    )
+] + ["figures/dictionaries/tem01.png", "figures/dictionaries/tem02.png"]
 
 
 @pytest.mark.workflow
@@ -85,7 +101,8 @@ def test_tiny_run_produces_every_output_deterministically(tmp_path):
         result = snakemake(tmp_path / name, config=TINY)
         assert result.returncode == 0, result.stderr[-3000:]
         out = tmp_path / name / "out"
-        for rel in _expected("tem01", "analogy") + _expected("sem01", "fiducial") + TABLES:
+        expected = _expected("tem01", "analogy") + _expected("sem01", "fiducial") + TABLES
+        for rel in expected + ANALOGY:
             assert (out / rel).is_file(), f"missing {rel}"
         runs.append(out)
     a, b = runs
@@ -99,8 +116,13 @@ def test_tiny_run_produces_every_output_deterministically(tmp_path):
     long = pd.read_csv(a / "tables/table1_fiducials_long.csv")
     assert list(long.columns) == ["case", "method", "mae_nm", "std_nm", "n_matched", "status"]
     assert set(long["method"]) == {"algorithm1", "gaussian_baseline", "robust"}
+    quality = pd.read_csv(a / "tables/prediction_quality.csv")
+    assert list(quality.columns[:4]) == ["case", "predictor", "pearson_r", "nmi"]
+    assert set(quality["predictor"]) == {"sparse", "sparse_decoupled", "inverted_tem"}
     # Same config and seed, other folder: identical data, images and tables.
     for rel in (
+        "tables/prediction_quality.csv",
+        "analogy/tem01/sparse_predicted.tif",
         "tables/table1_fiducials_long.csv",
         "tables/table1_fiducials.tex",
         "data/tem01/em.tif",

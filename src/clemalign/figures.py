@@ -311,3 +311,38 @@ def fiducial_figure(
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def dictionary_figure(
+    path: str, D1: np.ndarray, D2: np.ndarray, size: int, case: str, max_atoms: int = 400
+) -> None:
+    """The paper's Fig. 6: atoms of the TEM and the confocal dictionary side by side.
+
+    Atoms appear in the order given (the rule script sorts them by how often the
+    training codes use them); each tile is contrast-stretched on its own; the same
+    position shows the same atom in both panels.
+    """
+    k = min(D1.shape[1], max_atoms)
+    side = int(np.ceil(np.sqrt(k)))
+
+    def mosaic(D: np.ndarray) -> np.ndarray:
+        tiles = np.ones((side * (size + 1) + 1, side * (size + 1) + 1))
+        for j in range(k):
+            atom = D[:, j].reshape(size, size)
+            lo, hi = atom.min(), atom.max()
+            atom = (atom - lo) / (hi - lo) if hi > lo else np.zeros_like(atom)
+            r, c = divmod(j, side)
+            tiles[
+                1 + r * (size + 1) : 1 + r * (size + 1) + size,
+                1 + c * (size + 1) : 1 + c * (size + 1) + size,
+            ] = atom
+        return tiles
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6.3))
+    for ax, D, title in ((axes[0], D1, "TEM dictionary"), (axes[1], D2, "confocal dictionary")):
+        ax.imshow(mosaic(D), cmap="gray", interpolation="nearest")
+        ax.set_title(f"{case}: {title} ({k} of {D.shape[1]} atoms, {size}x{size} px)", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

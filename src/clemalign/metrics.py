@@ -39,3 +39,36 @@ def mae_std(errors: np.ndarray) -> tuple[float, float]:
         return float("nan"), float("nan")
     std = float(np.std(errors, ddof=1)) if errors.size > 1 else float("nan")
     return float(np.mean(errors)), std
+
+
+def pearson_r(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Pearson correlation of two images over ``mask`` (finite pixels by default)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    if mask is not None:
+        keep &= mask
+    return float(np.corrcoef(a[keep], b[keep])[0, 1])
+
+
+def normalized_mutual_information(
+    a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None, bins: int = 64
+) -> float:
+    """Studholme's NMI, (H(a) + H(b)) / H(a, b), in [1, 2], over ``mask``.
+
+    Intensities are binned linearly between each image's 0.5 and 99.5 percentiles.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    if mask is not None:
+        keep &= mask
+    x, y = a[keep], b[keep]
+    rx = np.percentile(x, [0.5, 99.5])
+    ry = np.percentile(y, [0.5, 99.5])
+    joint, _, _ = np.histogram2d(np.clip(x, *rx), np.clip(y, *ry), bins=bins, range=[rx, ry])
+    p = joint / joint.sum()
+
+    def entropy(q: np.ndarray) -> float:
+        q = q[q > 0]
+        return float(-(q * np.log(q)).sum())
+
+    return (entropy(p.sum(1)) + entropy(p.sum(0))) / entropy(p)

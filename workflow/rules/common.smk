@@ -2,6 +2,7 @@
 # library, so the workflow parses before any job or conda environment exists.
 import importlib.util
 import os
+import random
 import re
 import sys
 
@@ -70,6 +71,27 @@ def preprocessed_files(wildcards):
     return files
 
 
+def training_cases(case):
+    """The training cases of a test case: drawn at random (seeded) from the other
+    analogy cases (paper sec. 5.3: "two randomly selected image pairs")."""
+    others = [n for n in cases_of("analogy") if n != case]
+    k = min(config["analogy"]["n_training_cases"], len(others))
+    return sorted(random.Random(f"{config['seed']}:{case}").sample(others, k))
+
+
+def training_files(wildcards):
+    """Preprocessed images and landmarks of a case's training cases."""
+    names = training_cases(wildcards.case)
+    if not names:
+        raise WorkflowError(
+            f"case {wildcards.case}: no other analogy case to train a dictionary on"
+        )
+    return {
+        role: [f"{R}/preprocessed/{n}/{role}{ext}" for n in names]
+        for role, ext in (("em", ".tif"), ("lm", ".tif"), ("landmarks", ".csv"))
+    }
+
+
 def case_record(wildcards):
     return CASES[wildcards.case].as_dict()
 
@@ -84,4 +106,8 @@ def all_targets():
             targets.append(f"{R}/figures/fiducials/{name}.png")
     if cases_of("fiducial"):
         targets.append(f"{R}/tables/table1_fiducials.md")
+    if len(cases_of("analogy")) > 1:
+        targets.append(f"{R}/tables/prediction_quality.csv")
+        targets += [f"{R}/figures/dictionaries/{n}.png" for n in cases_of("analogy")]
+        targets += [f"{R}/analogy/{n}/confocal_denoised.tif" for n in cases_of("analogy")]
     return targets

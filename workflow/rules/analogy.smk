@@ -1,0 +1,95 @@
+# Analogy track: joint dictionaries learned from other cases, the confocal predicted from
+# the TEM (sparse image analogies, paper sec. 4), and how good the prediction is.
+
+
+rule learn_dictionary:
+    input:
+        unpack(training_files),
+    output:
+        dictionary=f"{R}/analogy/{{case}}/dictionary.npz",
+        figure=report(
+            f"{R}/figures/dictionaries/{{case}}.png",
+            caption="../report/dictionary_figure.rst",
+            category="Image analogies",
+            subcategory="{case}",
+        ),
+    wildcard_constraints:
+        case=constraint(cases_of("analogy")),
+    params:
+        analogy=config["analogy"],
+        seed=config["seed"],
+        index=lambda wc: cases_of("analogy").index(wc.case),
+        training=lambda wc: training_cases(wc.case),
+    log:
+        f"{R}/logs/learn_dictionary/{{case}}.log",
+    benchmark:
+        f"{R}/benchmarks/learn_dictionary/{{case}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        ENV
+    script:
+        "../../scripts/learn_dictionary.py"
+
+
+rule predict_sparse:
+    input:
+        dictionary=f"{R}/analogy/{{case}}/dictionary.npz",
+        em=f"{R}/preprocessed/{{case}}/em.tif",
+        lm=f"{R}/preprocessed/{{case}}/lm.tif",
+    output:
+        predicted=f"{R}/analogy/{{case}}/sparse_predicted.tif",
+        tem_denoised=f"{R}/analogy/{{case}}/sparse_tem_denoised.tif",
+        decoupled=f"{R}/analogy/{{case}}/sparse_decoupled.tif",
+        uncertainty=f"{R}/analogy/{{case}}/sparse_uncertainty.tif",
+        confocal_denoised=f"{R}/analogy/{{case}}/confocal_denoised.tif",
+        info=f"{R}/analogy/{{case}}/sparse_prediction.json",
+    wildcard_constraints:
+        case=constraint(cases_of("analogy")),
+    params:
+        analogy=config["analogy"],
+    log:
+        f"{R}/logs/predict_sparse/{{case}}.log",
+    benchmark:
+        f"{R}/benchmarks/predict_sparse/{{case}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    conda:
+        ENV
+    script:
+        "../../scripts/predict_sparse.py"
+
+
+rule prediction_quality:
+    input:
+        em=expand(f"{R}/preprocessed/{{case}}/em.tif", case=cases_of("analogy")),
+        lm=expand(f"{R}/preprocessed/{{case}}/lm.tif", case=cases_of("analogy")),
+        frame=expand(f"{R}/preprocessed/{{case}}/frame.json", case=cases_of("analogy")),
+        landmarks=expand(f"{R}/preprocessed/{{case}}/landmarks.csv", case=cases_of("analogy")),
+        predicted=expand(f"{R}/analogy/{{case}}/sparse_predicted.tif", case=cases_of("analogy")),
+        decoupled=expand(f"{R}/analogy/{{case}}/sparse_decoupled.tif", case=cases_of("analogy")),
+    output:
+        report(
+            f"{R}/tables/prediction_quality.csv",
+            caption="../report/prediction_quality.rst",
+            category="Tables",
+        ),
+    params:
+        cases=cases_of("analogy"),
+        psf_fwhm_um=config["synthetic"]["analogy"]["psf_fwhm_um"],
+    log:
+        f"{R}/logs/prediction_quality.log",
+    benchmark:
+        f"{R}/benchmarks/prediction_quality.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../../scripts/prediction_quality.py"
