@@ -103,3 +103,17 @@ def test_inverted_em_intensity_learns_the_inversion():
                                              "inverted"), _texture(3))
     with pytest.raises(ValueError, match="em_intensity"):
         em_for_coding(_texture(3), "log")
+
+
+def test_eq7_capped_early_still_returns_optimal_images(joint_dictionary):
+    """Stopped by the iteration cap, the images are optimal for the returned codes and the
+    reported violation measures the remaining distance from the joint optimum."""
+    D1, D2 = joint_dictionary
+    f1 = _texture(13, (24, 24))
+    capped = reconstruct(f1, D1, D2, 0.05, 0.01, SIZE, tol=1e-14, max_iter=2)
+    assert not capped.info["converged"]
+    n = capped.codes.shape[1]
+    s1, count = overlap_sum(D1 @ capped.codes, f1.shape, SIZE)
+    assert np.abs(0.01 * (capped.u1 - f1) + (count * capped.u1 - s1) / n).max() < 1e-10
+    full = reconstruct(f1, D1, D2, 0.05, 0.01, SIZE, tol=1e-12, max_iter=400)
+    assert full.info["converged"] and full.info["kkt"] < capped.info["kkt"]

@@ -262,8 +262,10 @@ def reconstruct(
     Returns
     -------
     Prediction
-        ``info`` holds the objective history and ``kkt``, the largest violation of the
-        codes' optimality conditions (relative to λ) at the returned images.
+        The images are always the optimal ones for the returned codes. ``info`` holds
+        the objective history, ``converged`` (the tolerance was met before the cap) and
+        ``kkt``, the largest violation of the codes' optimality conditions (relative to
+        λ) at the returned images: the distance from the joint optimum.
     """
     log = log or LOG
     start = time.perf_counter()
@@ -276,27 +278,40 @@ def reconstruct(
     history = []
     u1, u2 = f1, None
     previous = np.inf
-    for it in range(1, max_iter + 1):
+
+    def images(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The optimal images for given codes (closed form)."""
         s1, count = overlap_sum(D1 @ codes, shape, size)
-        u1 = (gamma * f1 + s1 / n) / (gamma + count / n)
+        new_u1 = (gamma * f1 + s1 / n) / (gamma + count / n)
+        new_u2 = None
         if D2 is not None:
             s2, _ = overlap_sum(D2 @ codes, shape, size)
-            u2 = s2 / count
+            new_u2 = s2 / count
+        return new_u1, new_u2
+
+    def stacked(u1: np.ndarray, u2: np.ndarray | None) -> np.ndarray:
+        Y = extract_patches(u1, size)
+        return Y if u2 is None else np.vstack([Y, extract_patches(u2, size)])
+
+    converged = False
+    for it in range(1, max_iter + 1):
+        u1, u2 = images(codes)
         value = eq7_objective(f1, u1, u2, codes, D1, D2, lam, gamma, size)
         history.append(value)
         log.info(
             "eq. 7 iteration %d: objective %.8f (%.1f s)", it, value, time.perf_counter() - start
         )
         if previous - value <= tol * abs(value):
+            converged = True
             break
         previous = value
-        Y = extract_patches(u1, size)
-        if u2 is not None:
-            Y = np.vstack([Y, extract_patches(u2, size)])
-        codes = lasso_lars(Y, D, lam)
-    Y = extract_patches(u1, size)
-    if u2 is not None:
-        Y = np.vstack([Y, extract_patches(u2, size)])
+        codes = lasso_lars(stacked(u1, u2), D, lam)
+    if not converged:  # the cap ended on a code step: make the images optimal again
+        u1, u2 = images(codes)
+        history.append(eq7_objective(f1, u1, u2, codes, D1, D2, lam, gamma, size))
+    # Joint optimality: the images are optimal for the codes by construction; how far the
+    # codes are from optimal for these images is the remaining violation.
+    Y = stacked(u1, u2)
     kkt = lasso_kkt_violation(Y, D, codes, lam)
     pred = D2 @ codes if D2 is not None else D1 @ codes
     spread = overlap_spread(pred, shape, size)
@@ -304,6 +319,7 @@ def reconstruct(
         "iterations": len(history),
         "objective": history,
         "kkt": kkt,
+        "converged": converged,
         "seconds": time.perf_counter() - start,
         "nnz": float((codes != 0).sum(0).mean()),
         "patch_dim": m1,
