@@ -7,7 +7,6 @@ consistently at any pixel size, tile by tile.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,12 +117,6 @@ def ellipse_distance(
             mod += amp * np.cos(k * phi + phase)
         rho = rho / mod
     return (rho - 1.0) * min(a, b), rho
-
-
-def tiles(shape: tuple[int, int], rows_per_tile: int) -> Iterator[slice]:
-    """Row slices that cover an image of ``shape`` in strips (bounded memory)."""
-    for r0 in range(0, shape[0], rows_per_tile):
-        yield slice(r0, min(shape[0], r0 + rows_per_tile))
 
 
 def pixel_grid_um(rows: slice, cols: slice, px_per_um: float) -> tuple[np.ndarray, np.ndarray]:
