@@ -99,8 +99,9 @@ def test_inverted_em_intensity_learns_the_inversion():
         pred = predict_decoupled(em_for_coding(test, mode), D[:25], D[25:], 0.05, SIZE)
         scores[mode] = np.corrcoef(pred.u2.ravel(), _h(test).ravel())[0, 1]
     assert scores["inverted"] > 0.95 and scores["inverted"] > scores["raw"] + 0.05, scores
-    np.testing.assert_allclose(em_for_coding(em_for_coding(_texture(3), "inverted"),
-                                             "inverted"), _texture(3))
+    np.testing.assert_allclose(
+        em_for_coding(em_for_coding(_texture(3), "inverted"), "inverted"), _texture(3)
+    )
     with pytest.raises(ValueError, match="em_intensity"):
         em_for_coding(_texture(3), "log")
 
