@@ -35,6 +35,7 @@ from scipy.spatial import cKDTree
 from skimage import filters, measure, morphology
 
 from .errors import ClemalignError
+from .settings import merge_params
 from .transforms import apply, fit_affine, rc_px_to_xy_um
 
 
@@ -608,8 +609,6 @@ def register_fiducial_case(
     -------
     FiducialCase
     """
-    from .phantom._common import merge_params
-
     s = merge_params(DEFAULT_FIDUCIAL_SETTINGS, settings)
     bead = s["bead_diameter_nm"] / 1000.0
     em_beads = detect_beads(

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..settings import merge_params  # noqa: F401 - re-exported for the phantoms
+
 
 @dataclass
 class ValueNoise:
@@ -191,20 +193,6 @@ def min_distance_sample(
         if all(np.hypot(*(p - q)) >= min_dist for q in pts):
             pts.append(p)
     return np.array(pts).reshape(-1, 2)
-
-
-def merge_params(defaults: dict, overrides: dict | None) -> dict:
-    """Deep copy of ``defaults`` updated by ``overrides`` (nested dicts merged key by key,
-    anything else, lists included, replaced)."""
-    import copy
-
-    merged = copy.deepcopy(defaults)
-    for key, value in (overrides or {}).items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_params(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 @dataclass
