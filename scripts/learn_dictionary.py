@@ -7,8 +7,9 @@ import numpy as np
 from clemalign.dictionary import lasso_lars, learn_dictionary
 from clemalign.figures import dictionary_figure
 from clemalign.io import read_image, read_landmarks
+from clemalign.preprocess import align_training_pair
 from clemalign.runner import job
-from clemalign.sparse_analogy import confocal_in_em_frame, em_for_coding, training_patches
+from clemalign.sparse_analogy import em_for_coding, training_patches
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
@@ -20,7 +21,9 @@ with job(smk) as log:
     ):
         em, ppu = read_image(em_path)
         lm, _ = read_image(lm_path)
-        confocal = confocal_in_em_frame(em, lm, ppu, read_landmarks(lmk_path))
+        confocal, _ = align_training_pair(
+            em, lm, ppu, read_landmarks(lmk_path), opts["training_alignment"]
+        )
         pairs.append((em_for_coding(em, opts["em_intensity"]), confocal))
     rng = np.random.default_rng([smk.params.seed, 300, smk.params.index])
     X = training_patches(pairs, opts["n_patches"], size, rng)
