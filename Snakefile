@@ -21,6 +21,7 @@ include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/figures.smk"
 include: "workflow/rules/fiducials.smk"
 include: "workflow/rules/analogy.smk"
+include: "workflow/rules/registration.smk"
 
 
 rule all:

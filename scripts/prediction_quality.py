@@ -15,7 +15,7 @@ smk = snakemake  # noqa: F821 - injected by Snakemake
 with job(smk) as log:
     rows = []
     psf_sigma_um = smk.params.psf_fwhm_um / 2.3548
-    for case, em_path, lm_path, frame_path, lmk_path, pred_path, dec_path in zip(
+    for case, em_path, lm_path, frame_path, lmk_path, pred_path, dec_path, hz_path in zip(
         smk.params.cases,
         smk.input.em,
         smk.input.lm,
@@ -23,6 +23,7 @@ with job(smk) as log:
         smk.input.landmarks,
         smk.input.predicted,
         smk.input.decoupled,
+        smk.input.hertzmann,
         strict=True,
     ):
         tem, ppu = read_image(em_path)
@@ -38,6 +39,7 @@ with job(smk) as log:
         predictors = {
             "sparse": read_image(pred_path)[0],
             "sparse_decoupled": read_image(dec_path)[0],
+            "hertzmann": read_image(hz_path)[0],
             "inverted_tem": 1.0 - ndimage.gaussian_filter(tem, psf_sigma_um * ppu),
         }
         for name, image in predictors.items():

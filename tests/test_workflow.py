@@ -19,6 +19,8 @@ TINY = """\
 results: out
 analogy: {n_training_cases: 1, patch_size: 5, n_patches: 400, n_atoms: 30, lambda: 0.05,
           dictionary_max_iter: 5, eq7_max_iter: 5}
+hertzmann: {levels: 2, max_training_px: 3000}
+registration: {levels: 2, capture_range: {trials: 2}}
 synthetic:
   analogy:
     n_cases: 2
@@ -79,6 +81,10 @@ def _expected(case: str, track: str) -> list[str]:
 
 TABLES = [f"tables/table1_fiducials{sfx}" for sfx in ("_long.csv", ".csv", ".md", ".tex")]
 TABLES.append("tables/prediction_quality.csv")
+TABLES += [f"tables/table2_registration{sfx}" for sfx in ("_long.csv", ".csv", ".md", ".tex")]
+TABLES += ["tables/capture_range.csv", "tables/capture_range_trials.csv"]
+TABLES += ["figures/table2_errors.png", "figures/capture_range.png"]
+SOURCES = ("sparse", "sparse_denoised", "hertzmann", "raw")
 ANALOGY = [
     f"analogy/{case}/{f}"
     for case in ("tem01", "tem02")
@@ -90,8 +96,23 @@ ANALOGY = [
         "sparse_uncertainty.tif",
         "confocal_denoised.tif",
         "sparse_prediction.json",
+        "hertzmann_predicted.tif",
+        "hertzmann_source.npz",
+        "hertzmann_prediction.json",
     )
-] + ["figures/dictionaries/tem01.png", "figures/dictionaries/tem02.png"]
+]
+ANALOGY += [
+    f"figures/{kind}/{case}.png"
+    for kind in ("dictionaries", "analogy", "registration")
+    for case in ("tem01", "tem02")
+]
+ANALOGY += [
+    f"registration/{case}/{f}"
+    for case in ("tem01", "tem02")
+    for f in (
+        [f"{s}.json" for s in SOURCES] + [f"capture_{s}.csv" for s in SOURCES] + ["errors.csv"]
+    )
+]
 
 
 @pytest.mark.workflow
@@ -118,11 +139,49 @@ def test_tiny_run_produces_every_output_deterministically(tmp_path):
     assert set(long["method"]) == {"algorithm1", "gaussian_baseline", "robust"}
     quality = pd.read_csv(a / "tables/prediction_quality.csv")
     assert list(quality.columns[:4]) == ["case", "predictor", "pearson_r", "nmi"]
-    assert set(quality["predictor"]) == {"sparse", "sparse_decoupled", "inverted_tem"}
+    assert set(quality["predictor"]) == {"sparse", "sparse_decoupled", "hertzmann", "inverted_tem"}
+    table2 = pd.read_csv(a / "tables/table2_registration_long.csv")
+    assert list(table2.columns) == [
+        "case",
+        "source",
+        "measure",
+        "mae_um",
+        "std_um",
+        "status",
+        "gt_mean_um",
+    ]
+    assert set(zip(table2["source"], table2["measure"], strict=True)) == {
+        ("sparse", "ssd"),
+        ("sparse", "mi"),
+        ("sparse", "wssd"),
+        ("sparse_denoised", "ssd"),
+        ("sparse_denoised", "mi"),
+        ("sparse_denoised", "wssd"),
+        ("hertzmann", "ssd"),
+        ("hertzmann", "mi"),
+        ("raw", "ssd"),
+        ("raw", "mi"),
+        ("landmark", "fit"),
+    }
+    assert (table2["status"] == "ok").all() and len(table2) == 22
+    assert table2["gt_mean_um"].notna().all()
+    capture = pd.read_csv(a / "tables/capture_range.csv")
+    assert list(capture.columns[:6]) == [
+        "case",
+        "source",
+        "measure",
+        "trials",
+        "success_rate",
+        "median_um",
+    ]
+    assert len(capture) == 20 and (capture["trials"] == 2).all()
     # Same config and seed, other folder: identical data, images and tables.
     for rel in (
         "tables/prediction_quality.csv",
+        "tables/table2_registration_long.csv",
+        "tables/capture_range_trials.csv",
         "analogy/tem01/sparse_predicted.tif",
+        "analogy/tem01/hertzmann_predicted.tif",
         "tables/table1_fiducials_long.csv",
         "tables/table1_fiducials.tex",
         "data/tem01/em.tif",
@@ -205,6 +264,7 @@ def test_one_bad_case_does_not_stop_the_others(tmp_path):
         rows.append(f"{name}\tanalogy\t{p['em']}\t{p['lm']}\t{p['landmarks']}")
     sheet.write_text("\n".join(rows) + "\n")
     config = f"data: {{source: sheet, case_sheet: {sheet}}}\n"
+    config += "registration: {levels: 2, capture_range: {trials: 1}}\n"
     result = snakemake(tmp_path / "wd", "--keep-going", config=config)
     text = result.stdout + result.stderr
     assert result.returncode != 0
@@ -213,6 +273,7 @@ def test_one_bad_case_does_not_stop_the_others(tmp_path):
     out = tmp_path / "wd" / "results"
     assert (out / "figures/cases/good.png").is_file()
     assert (out / "preprocessed/good/start_transform.json").is_file()
+    assert (out / "registration/good/raw.json").is_file()  # what needs no training
     assert not (out / "preprocessed/bad/em.tif").exists()
     log = (out / "logs/preprocess/bad.log").read_text()
     assert "um, not pixels" in log

@@ -346,3 +346,183 @@ def dictionary_figure(
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def analogy_figure(
+    path: str,
+    case: str,
+    tem: np.ndarray,
+    confocal_in_tem: np.ndarray,
+    hertzmann: np.ndarray | None,
+    sparse: np.ndarray,
+    source_map: np.ndarray | None,
+    px_per_um: float,
+) -> None:
+    """The paper's Fig. 7 for one case, plus the coherence of the original method.
+
+    Panels: (a) TEM, (b) the confocal registered onto the TEM grid (ground truth or
+    landmark affine), (c) the original image-analogy result, (d) the sparse result, and
+    (e) where (c) copied each pixel from: the source (row, col) in px coloured by
+    position, so coherent copies show as smooth patches of colour.
+    """
+    panels = [
+        ("(a) TEM", tem),
+        ("(b) registered confocal", confocal_in_tem),
+        ("(c) original IA result", hertzmann),
+        ("(d) proposed (sparse) IA result", sparse),
+    ]
+    fig, axes = plt.subplots(1, 5, figsize=(18, 3.9))
+    extent = _extent(tem.shape, px_per_um)
+    for ax, (title, image) in zip(axes, panels, strict=False):
+        if image is None:
+            ax.text(0.5, 0.5, "not computed", ha="center", va="center", transform=ax.transAxes)
+        else:
+            shown = np.nan_to_num(np.asarray(image, dtype=float), nan=0.0)
+            ax.imshow(_stretch(shown), cmap="gray", extent=extent, interpolation="nearest")
+        ax.set_title(f"{case}: {title}", fontsize=9)
+        ax.set_xlabel("x (um)")
+    ax = axes[4]
+    if source_map is None:
+        ax.text(0.5, 0.5, "no source map", ha="center", va="center", transform=ax.transAxes)
+    else:
+        src = np.asarray(source_map, dtype=float)
+        rgb = np.zeros((*src.shape[:2], 3))
+        n_pairs = max(src[..., 0].max() + 1, 1)
+        rgb[..., 0] = src[..., 1] / max(src[..., 1].max(), 1)
+        rgb[..., 1] = src[..., 2] / max(src[..., 2].max(), 1)
+        rgb[..., 2] = (src[..., 0] + 0.5) / n_pairs
+        ax.imshow(rgb, extent=extent, interpolation="nearest")
+    ax.set_title("(e) original IA: source position\n(red: row, green: col, blue: pair)", fontsize=9)
+    axes[0].set_ylabel("y (um)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _composite(fixed: np.ndarray, warped: np.ndarray) -> np.ndarray:
+    """Colour composite: fixed in magenta, warped moving in green (NaN shows black)."""
+    out = np.zeros((*fixed.shape, 3))
+    f = _stretch(np.nan_to_num(fixed, nan=0.0))
+    valid = np.isfinite(warped)
+    m = np.zeros_like(f)
+    if valid.any():
+        lo, hi = np.percentile(warped[valid], [0.5, 99.8])
+        m = np.clip((np.nan_to_num(warped, nan=lo) - lo) / max(hi - lo, 1e-6), 0, 1)
+        m[~valid] = 0.0
+    out[..., 0], out[..., 1], out[..., 2] = f, m, f
+    return out
+
+
+def registration_figure(
+    path: str,
+    case: str,
+    fixed: np.ndarray,
+    moving: dict[str, np.ndarray],
+    start: np.ndarray,
+    results: dict[str, dict[str, np.ndarray | None]],
+    errors: dict[tuple[str, str], float],
+    px_per_um: float,
+) -> None:
+    """Overlays before and after registration for every (source, measure) of a case.
+
+    One row per source: the moving image warped by the start, then by each measure's
+    answer, composited over the fixed confocal (magenta) in green; white where they
+    agree. The TEM footprint is outlined. Titles give the landmark MAE (um).
+
+    Parameters
+    ----------
+    fixed : ndarray
+        Confocal crop.
+    moving : dict
+        Source -> moving image on the TEM grid (the one shown; for ``raw`` the inverted
+        TEM).
+    start : ndarray, shape (3, 3)
+        TEM um -> crop um start.
+    results : dict
+        Source -> measure -> answer matrix (None when the registration failed).
+    errors : dict
+        (source, measure) -> landmark MAE, um (``(source, "start")`` for the start).
+    px_per_um : float
+        Sampling of both grids.
+    """
+    from .transforms import warp_image
+
+    measures = list(dict.fromkeys(m for by in results.values() for m in by))
+    rows, cols = len(results), 1 + len(measures)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False)
+    extent = _extent(fixed.shape, px_per_um)
+    for r, (source, by_measure) in enumerate(results.items()):
+        image = moving[source]
+        h, w = image.shape[0] / px_per_um, image.shape[1] / px_per_um
+        for c, (label, matrix) in enumerate(
+            [("start", start)] + [(m, by_measure.get(m)) for m in measures]
+        ):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if matrix is None:
+                ax.text(0.5, 0.5, "failed" if label in by_measure else "--", ha="center")
+                ax.set_title(f"{source} {label}", fontsize=8)
+                continue
+            warped = warp_image(image, px_per_um, matrix, fixed.shape, px_per_um)
+            ax.imshow(_composite(fixed, warped), extent=extent, interpolation="nearest")
+            _outline(ax, matrix, w, h, color="yellow", lw=0.8)
+            mae = errors.get((source, label), float("nan"))
+            ax.set_title(f"{source} {label}: MAE {mae:.3f} um", fontsize=8)
+    fig.suptitle(f"{case}: confocal (magenta) and moving image (green) before and after")
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def registration_errors_plot(path: str, long: pd.DataFrame) -> None:
+    """Landmark MAE (um, log scale) per case for every (source, measure), Table 2 as a plot."""
+    methods = list(dict.fromkeys(zip(long["source"], long["measure"], strict=True)))
+    cases = list(dict.fromkeys(long["case"]))
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cases) + 3), 4.2))
+    width = 0.8 / max(len(methods), 1)
+    colours = plt.cm.tab20(np.linspace(0, 1, max(len(methods), 2)))
+    for k, (source, measure) in enumerate(methods):
+        sub = long[(long["source"] == source) & (long["measure"] == measure)].set_index("case")
+        values = [
+            sub.loc[c, "mae_um"] if c in sub.index and sub.loc[c, "status"] == "ok" else np.nan
+            for c in cases
+        ]
+        ax.bar(
+            np.arange(len(cases)) + (k - (len(methods) - 1) / 2) * width,
+            values,
+            width,
+            label=f"{source} {measure}",
+            color=colours[k],
+        )
+    ax.set_xticks(np.arange(len(cases)), cases)
+    ax.set_yscale("log")
+    ax.set_ylabel("landmark MAE (um, log scale)")
+    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title("Table 2: landmark error after registration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def capture_range_plot(path: str, summary: pd.DataFrame, success_um: float) -> None:
+    """Success rate per case and (source, measure) from perturbed starts."""
+    methods = list(dict.fromkeys(zip(summary["source"], summary["measure"], strict=True)))
+    cases = list(dict.fromkeys(summary["case"]))
+    grid = np.full((len(methods), len(cases)), np.nan)
+    for row in summary.itertuples(index=False):
+        grid[methods.index((row.source, row.measure)), cases.index(row.case)] = row.success_rate
+    fig, ax = plt.subplots(figsize=(1.0 * len(cases) + 4, 0.45 * len(methods) + 1.8))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for i in range(len(methods)):
+        for j in range(len(cases)):
+            if np.isfinite(grid[i, j]):
+                colour = "black" if grid[i, j] > 0.6 else "white"
+                ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", color=colour)
+    ax.set_xticks(range(len(cases)), cases)
+    ax.set_yticks(range(len(methods)), [f"{s} {m}" for s, m in methods])
+    fig.colorbar(im, ax=ax, label="success rate")
+    ax.set_title(f"Capture range: back within {success_um} um of the unperturbed answer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

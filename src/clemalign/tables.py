@@ -106,3 +106,41 @@ def table1(long: pd.DataFrame) -> pd.DataFrame:
             wide.loc[row.case, (title, "MAE")] = row.mae_nm
             wide.loc[row.case, (title, "STD")] = row.std_nm
     return wide
+
+
+#: Sources of Table 2, in column order, with their titles.
+TABLE2_SOURCES = {
+    "sparse": "Proposed IA",
+    "sparse_denoised": "Proposed IA, denoised confocal",
+    "hertzmann": "Original IA",
+    "raw": "TEM/confocal",
+    "landmark": "Landmark",
+}
+#: Measures of Table 2, in column order, with their titles.
+TABLE2_MEASURES = {"ssd": "SSD", "wssd": "weighted SSD", "mi": "MI", "fit": "fit"}
+
+
+def table2(long: pd.DataFrame) -> pd.DataFrame:
+    """Paper layout of Table 2 from the long table (case, source, measure, mae_um, std_um...).
+
+    Rows are cases; for each (source, measure) present, two columns, MAE and STD in um,
+    titled "<source> <measure>"; the landmark fit last. A registration that failed shows
+    ``--``.
+    """
+    present = set(zip(long["source"], long["measure"], strict=True))
+    groups = [
+        (s, m, f"{TABLE2_SOURCES[s]} {TABLE2_MEASURES[m]}")
+        for s in TABLE2_SOURCES
+        for m in TABLE2_MEASURES
+        if (s, m) in present
+    ]
+    cols = pd.MultiIndex.from_tuples([(t, stat) for _, _, t in groups for stat in ("MAE", "STD")])
+    cases = list(dict.fromkeys(long["case"]))
+    wide = pd.DataFrame(index=pd.Index(cases, name="case"), columns=cols, dtype=float)
+    titles = {(s, m): t for s, m, t in groups}
+    for row in long.itertuples(index=False):
+        title = titles[(row.source, row.measure)]
+        ok = row.status == "ok"
+        wide.loc[row.case, (title, "MAE")] = row.mae_um if ok else np.nan
+        wide.loc[row.case, (title, "STD")] = row.std_um if ok else np.nan
+    return wide

@@ -72,6 +72,9 @@ rule prediction_quality:
         landmarks=expand(f"{R}/preprocessed/{{case}}/landmarks.csv", case=cases_of("analogy")),
         predicted=expand(f"{R}/analogy/{{case}}/sparse_predicted.tif", case=cases_of("analogy")),
         decoupled=expand(f"{R}/analogy/{{case}}/sparse_decoupled.tif", case=cases_of("analogy")),
+        hertzmann=expand(
+            f"{R}/analogy/{{case}}/hertzmann_predicted.tif", case=cases_of("analogy")
+        ),
     output:
         report(
             f"{R}/tables/prediction_quality.csv",
@@ -93,3 +96,64 @@ rule prediction_quality:
         ENV
     script:
         "../../scripts/prediction_quality.py"
+
+
+rule predict_hertzmann:
+    input:
+        unpack(training_files),
+        test_em=f"{R}/preprocessed/{{case}}/em.tif",
+    output:
+        predicted=f"{R}/analogy/{{case}}/hertzmann_predicted.tif",
+        source=f"{R}/analogy/{{case}}/hertzmann_source.npz",
+        info=f"{R}/analogy/{{case}}/hertzmann_prediction.json",
+    wildcard_constraints:
+        case=constraint(cases_of("analogy")),
+    params:
+        analogy=config["analogy"],
+        hertzmann=config["hertzmann"],
+        seed=config["seed"],
+        training=lambda wc: training_cases(wc.case),
+    log:
+        f"{R}/logs/predict_hertzmann/{{case}}.log",
+    benchmark:
+        f"{R}/benchmarks/predict_hertzmann/{{case}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../../scripts/predict_hertzmann.py"
+
+
+rule figure_analogy:
+    input:
+        em=f"{R}/preprocessed/{{case}}/em.tif",
+        lm=f"{R}/preprocessed/{{case}}/lm.tif",
+        landmarks=f"{R}/preprocessed/{{case}}/landmarks.csv",
+        frame=f"{R}/preprocessed/{{case}}/frame.json",
+        sparse=f"{R}/analogy/{{case}}/sparse_predicted.tif",
+        hertzmann=f"{R}/analogy/{{case}}/hertzmann_predicted.tif",
+        source=f"{R}/analogy/{{case}}/hertzmann_source.npz",
+    output:
+        report(
+            f"{R}/figures/analogy/{{case}}.png",
+            caption="../report/analogy_figure.rst",
+            category="Image analogies",
+            subcategory="{case}",
+        ),
+    wildcard_constraints:
+        case=constraint(cases_of("analogy")),
+    log:
+        f"{R}/logs/figure_analogy/{{case}}.log",
+    benchmark:
+        f"{R}/benchmarks/figure_analogy/{{case}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../../scripts/figure_analogy.py"

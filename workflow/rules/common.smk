@@ -96,6 +96,57 @@ def case_record(wildcards):
     return CASES[wildcards.case].as_dict()
 
 
+def registration_sources():
+    """Configured sources; the predictions need training cases (two or more cases)."""
+    sources = config["registration"]["sources"]
+    if len(cases_of("analogy")) < 2:
+        sources = [s for s in sources if s == "raw"]
+    return sources
+
+
+def registration_inputs(wildcards):
+    """Images of one (case, source) registration."""
+    pre, ana = f"{R}/preprocessed/{wildcards.case}", f"{R}/analogy/{wildcards.case}"
+    files = {
+        "em": f"{pre}/em.tif",
+        "lm": f"{pre}/lm.tif",
+        "start": f"{pre}/start_transform.json",
+    }
+    if wildcards.source in ("sparse", "sparse_denoised"):
+        files["predicted"] = f"{ana}/sparse_predicted.tif"
+        files["uncertainty"] = f"{ana}/sparse_uncertainty.tif"
+    if wildcards.source == "sparse_denoised":
+        files["fixed_denoised"] = f"{ana}/confocal_denoised.tif"
+    if wildcards.source == "hertzmann":
+        files["predicted"] = f"{ana}/hertzmann_predicted.tif"
+    return files
+
+
+def evaluation_inputs(wildcards):
+    """A case's registrations (every source) and what scores and draws them."""
+    pre, ana = f"{R}/preprocessed/{wildcards.case}", f"{R}/analogy/{wildcards.case}"
+    files = {role: f"{pre}/{role}{ext}" for role, ext in EVALUATION_FILES}
+    sources = registration_sources()
+    files["results"] = [f"{R}/registration/{wildcards.case}/{s}.json" for s in sources]
+    if "sparse" in sources or "sparse_denoised" in sources:
+        files["sparse"] = f"{ana}/sparse_predicted.tif"
+    if "hertzmann" in sources:
+        files["hertzmann"] = f"{ana}/hertzmann_predicted.tif"
+    return files
+
+
+EVALUATION_FILES = (
+    ("em", ".tif"),
+    ("lm", ".tif"),
+    ("start_transform", ".json"),
+    ("landmarks", ".csv"),
+    ("frame", ".json"),
+)
+REGISTRATION = {
+    key: config["registration"][key] for key in ("measures", "weighted_ssd", "levels", "bins")
+}
+
+
 def all_targets():
     targets = []
     for name, case in CASES.items():
@@ -110,4 +161,9 @@ def all_targets():
         targets.append(f"{R}/tables/prediction_quality.csv")
         targets += [f"{R}/figures/dictionaries/{n}.png" for n in cases_of("analogy")]
         targets += [f"{R}/analogy/{n}/confocal_denoised.tif" for n in cases_of("analogy")]
+        targets += [f"{R}/figures/analogy/{n}.png" for n in cases_of("analogy")]
+    if cases_of("analogy"):  # with one case only the TEM itself can be registered
+        targets += [f"{R}/tables/table2_registration.md", f"{R}/figures/table2_errors.png"]
+        if config["registration"]["capture_range"]["trials"] > 0:
+            targets.append(f"{R}/tables/capture_range.csv")
     return targets

@@ -1,0 +1,49 @@
+"""Rule evaluate: every registration of a case scored against its landmarks (and the
+ground truth for synthetic data), with before/after overlays."""
+
+import numpy as np
+import pandas as pd
+
+from clemalign.evaluation import LONG_COLUMNS, landmark_fit, moving_image, score
+from clemalign.figures import registration_figure
+from clemalign.io import read_image, read_json, read_landmarks
+from clemalign.runner import job
+from clemalign.transforms import Transform
+
+smk = snakemake  # noqa: F821 - injected by Snakemake
+
+with job(smk) as log:
+    case = smk.wildcards.case
+    tem, ppu = read_image(smk.input.em)
+    fixed, _ = read_image(smk.input.lm)
+    landmarks = read_landmarks(smk.input.landmarks)
+    frame = read_json(smk.input.frame)
+    truth = Transform.from_dict(frame["ground_truth"]).matrix if "ground_truth" in frame else None
+    start = Transform.load(smk.input.start_transform).matrix
+    rows, answers, errors, shown = [], {}, {}, {}
+
+    def add(source: str, measure: str, matrix: np.ndarray | None, status: str) -> None:
+        scored = {"mae_um": np.nan, "std_um": np.nan, "gt_mean_um": np.nan}
+        if matrix is not None:
+            scored = score(matrix, landmarks, truth, tem.shape, ppu)
+        rows.append({"case": case, "source": source, "measure": measure, "status": status} | scored)
+        errors[(source, measure)] = scored["mae_um"]
+
+    for source, path in zip(smk.params.sources, smk.input.results, strict=True):
+        answers[source] = {}
+        predicted = None
+        if source in ("sparse", "sparse_denoised", "hertzmann"):
+            key = "hertzmann" if source == "hertzmann" else "sparse"
+            predicted = read_image(smk.input[key])[0]
+        shown[source] = moving_image(source, "ssd", tem, predicted)
+        add(source, "start", start, "ok")
+        for measure, result in read_json(path)["measures"].items():
+            matrix = np.asarray(result["matrix"]) if result["status"] == "ok" else None
+            answers[source][measure] = matrix
+            add(source, measure, matrix, result["status"])
+    add("landmark", "fit", landmark_fit(landmarks), "ok")
+    table = pd.DataFrame(rows)
+    columns = LONG_COLUMNS + [c for c in table.columns if c not in LONG_COLUMNS]
+    table[columns].to_csv(smk.output.errors, index=False, float_format="%.6f")
+    log.info("\n%s", table.to_string())
+    registration_figure(smk.output.figure, case, fixed, shown, start, answers, errors, ppu)

@@ -1,0 +1,142 @@
+"""Scoring of registrations (Table 2) and the capture range."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from clemalign.evaluation import (
+    capture_summary,
+    capture_trials,
+    landmark_fit,
+    moving_image,
+    register_measures,
+    score,
+    source_measures,
+)
+from clemalign.tables import table2, to_markdown
+from clemalign.transforms import affine_matrix, translation_matrix, warp_image
+
+
+def _landmarks(em_xy, lm_xy) -> pd.DataFrame:
+    em_xy, lm_xy = np.asarray(em_xy, float), np.asarray(lm_xy, float)
+    return pd.DataFrame(
+        {
+            "name": [f"p{i}" for i in range(len(em_xy))],
+            "em_x_um": em_xy[:, 0],
+            "em_y_um": em_xy[:, 1],
+            "lm_x_um": lm_xy[:, 0],
+            "lm_y_um": lm_xy[:, 1],
+        }
+    )
+
+
+def test_landmark_mae_std_by_hand():
+    # A translation of 1 um in x; landmarks off by (0, 0), (0, 1) and (0, 0) um after it.
+    lmk = _landmarks([[0, 0], [1, 0], [0, 2]], [[1, 0], [2, 1], [1, 2]])
+    got = score(translation_matrix(1.0, 0.0), lmk, None, (10, 10), 1.0)
+    # errors 0, 1, 0: mean 1/3; sample STD sqrt(((1/3)² + (2/3)² + (1/3)²) / 2) = sqrt(1/3)
+    assert got["mae_um"] == pytest.approx(1 / 3)
+    assert got["std_um"] == pytest.approx(np.sqrt(1 / 3))
+    assert np.isnan(got["gt_mean_um"])
+
+
+def test_ground_truth_error_is_the_mean_over_the_grid():
+    lmk = _landmarks([[0, 0], [1, 0], [0, 1]], [[0, 0], [1, 0], [0, 1]])
+    got = score(translation_matrix(0.3, 0.4), lmk, np.eye(3), (20, 30), 2.0)
+    assert got["gt_mean_um"] == pytest.approx(0.5)  # a translation moves every point by 0.5
+
+
+def test_landmark_fit_recovers_an_affine_exactly():
+    matrix = affine_matrix(7.0, (1.03, 0.97), 0.02, (2.0, -1.0), mirror=True)
+    em = np.random.default_rng(1).uniform(0, 10, (12, 2))
+    lmk = _landmarks(em, (matrix[:2, :2] @ em.T).T + matrix[:2, 2])
+    np.testing.assert_allclose(landmark_fit(lmk), matrix, atol=1e-12)
+    assert score(landmark_fit(lmk), lmk, None, (5, 5), 1.0)["mae_um"] < 1e-10
+
+
+def test_sources_and_moving_images():
+    assert source_measures("sparse", ["ssd", "mi"], True) == ["ssd", "mi", "wssd"]
+    assert source_measures("raw", ["ssd", "mi"], True) == ["ssd", "mi"]
+    assert source_measures("sparse", ["mi"], False) == ["mi"]
+    with pytest.raises(ValueError, match="unknown registration source"):
+        source_measures("tem", ["ssd"], False)
+    tem = np.array([[0.2, 0.9]])
+    np.testing.assert_allclose(moving_image("raw", "ssd", tem, None), [[0.8, 0.1]])
+    np.testing.assert_allclose(moving_image("raw", "mi", tem, None), tem)
+    np.testing.assert_allclose(moving_image("hertzmann", "ssd", tem, tem * 2), tem * 2)
+    with pytest.raises(ValueError, match="needs a predicted image"):
+        moving_image("sparse", "ssd", tem, None)
+
+
+def test_table2_layout():
+    long = pd.DataFrame(
+        [
+            ("c1", "sparse", "ssd", 0.1, 0.01, "ok"),
+            ("c1", "sparse", "mi", 0.2, 0.02, "ok"),
+            ("c1", "raw", "ssd", 9.0, 1.0, "failed: no overlap"),
+            ("c1", "landmark", "fit", 0.05, 0.02, "ok"),
+            ("c2", "sparse", "ssd", 0.3, 0.03, "ok"),
+            ("c2", "sparse", "mi", 0.4, 0.04, "ok"),
+            ("c2", "raw", "ssd", 0.5, 0.05, "ok"),
+            ("c2", "landmark", "fit", 0.06, 0.03, "ok"),
+        ],
+        columns=["case", "source", "measure", "mae_um", "std_um", "status"],
+    )
+    wide = table2(long)
+    assert list(wide.index) == ["c1", "c2"]
+    assert list(dict.fromkeys(wide.columns.get_level_values(0))) == [
+        "Proposed IA SSD",
+        "Proposed IA MI",
+        "TEM/confocal SSD",
+        "Landmark fit",
+    ]
+    assert wide.loc["c2", ("Proposed IA MI", "STD")] == pytest.approx(0.04)
+    assert np.isnan(wide.loc["c1", ("TEM/confocal SSD", "MAE")])  # failed: not a number
+    assert "| c1 | 0.100 | 0.010 | 0.200 | 0.020 | -- | -- | 0.050 | 0.020 |" in to_markdown(
+        wide, 3
+    )
+
+
+def _textured(shape=(64, 64), seed=3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    image = ndimage.gaussian_filter(rng.normal(size=shape), 3.0)
+    return (image - image.min()) / (image.max() - image.min())
+
+
+def test_register_measures_records_failures_and_capture_comes_back():
+    ppu = 2.0
+    fixed = _textured((80, 80))  # 40 um; the moving field is 32 um inside it
+    truth = affine_matrix(2.0, (1.02, 0.99), 0.01, (4.0, 3.0), center_um=(16.0, 16.0))
+    moving = warp_image(fixed, ppu, np.linalg.inv(truth), (64, 64), ppu, order=3)
+    start = translation_matrix(4.0, 3.0)
+    em = np.array([[5.0, 5.0], [25.0, 6.0], [8.0, 27.0], [20.0, 20.0]])
+    lmk = _landmarks(em, (truth[:2, :2] @ em.T).T + truth[:2, 2])
+    got = register_measures(lambda m: moving, fixed, start, ["ssd", "bogus"], ppu)
+    assert got["bogus"]["status"].startswith("failed:")
+    assert got["ssd"]["status"] == "ok"
+    answer = np.asarray(got["ssd"]["matrix"])
+    assert score(answer, lmk, truth, moving.shape, ppu)["gt_mean_um"] < 0.05
+    bounds = {"max_rotation_deg": 2.0, "max_scale": 0.02, "max_shear": 0.01}
+    bounds["max_translation_px"] = 2.0
+    trials = capture_trials(
+        lambda m: moving,
+        fixed,
+        start,
+        {"ssd": answer},
+        ppu,
+        np.random.default_rng(0),
+        3,
+        bounds,
+        0.2,
+        lmk,
+        truth,
+    )
+    assert len(trials) == 3 and trials["success"].all()
+    assert (trials["start_um"] > 0).all() and (trials["reference"] == "ground truth").all()
+    trials.insert(0, "source", "raw")
+    trials.insert(0, "case", "c1")
+    summary = capture_summary(trials)
+    assert summary.loc[0, "success_rate"] == 1.0 and summary.loc[0, "trials"] == 3

@@ -1,0 +1,152 @@
+# Registration of the analogy cases (paper sec. 4.7 and 5.3): each moving image (source)
+# against the confocal under each measure, scored against the landmarks (Table 2), and
+# the capture range from perturbed starts.
+
+
+rule register:
+    input:
+        unpack(registration_inputs),
+    output:
+        f"{R}/registration/{{case}}/{{source}}.json",
+    wildcard_constraints:
+        case=constraint(cases_of("analogy")),
+        source="sparse|sparse_denoised|hertzmann|raw",
+    params:
+        registration=REGISTRATION,
+    log:
+        f"{R}/logs/register/{{case}}_{{source}}.log",
+    benchmark:
+        f"{R}/benchmarks/register/{{case}}_{{source}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        ENV
+    script:
+        "../../scripts/register.py"
+
+
+rule evaluate:
+    input:
+        unpack(evaluation_inputs),
+    output:
+        errors=f"{R}/registration/{{case}}/errors.csv",
+        figure=report(
+            f"{R}/figures/registration/{{case}}.png",
+            caption="../report/registration_figure.rst",
+            category="Registration",
+            subcategory="{case}",
+        ),
+    wildcard_constraints:
+        case=constraint(cases_of("analogy")),
+    params:
+        sources=registration_sources(),
+    log:
+        f"{R}/logs/evaluate/{{case}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{case}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../../scripts/evaluate.py"
+
+
+rule table2:
+    input:
+        expand(f"{R}/registration/{{case}}/errors.csv", case=cases_of("analogy")),
+    output:
+        long=f"{R}/tables/table2_registration_long.csv",
+        csv=f"{R}/tables/table2_registration.csv",
+        md=report(
+            f"{R}/tables/table2_registration.md",
+            caption="../report/table2.rst",
+            category="Tables",
+        ),
+        tex=f"{R}/tables/table2_registration.tex",
+        plot=report(
+            f"{R}/figures/table2_errors.png",
+            caption="../report/table2.rst",
+            category="Tables",
+        ),
+    log:
+        f"{R}/logs/table2.log",
+    benchmark:
+        f"{R}/benchmarks/table2.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../../scripts/table2.py"
+
+
+rule capture_range:
+    input:
+        unpack(registration_inputs),
+        landmarks=f"{R}/preprocessed/{{case}}/landmarks.csv",
+        frame=f"{R}/preprocessed/{{case}}/frame.json",
+        answer=f"{R}/registration/{{case}}/{{source}}.json",
+    output:
+        f"{R}/registration/{{case}}/capture_{{source}}.csv",
+    wildcard_constraints:
+        case=constraint(cases_of("analogy")),
+        source="sparse|sparse_denoised|hertzmann|raw",
+    params:
+        registration=REGISTRATION,
+        capture=config["registration"]["capture_range"],
+        seed=config["seed"],
+        index=lambda wc: cases_of("analogy").index(wc.case),
+    log:
+        f"{R}/logs/capture_range/{{case}}_{{source}}.log",
+    benchmark:
+        f"{R}/benchmarks/capture_range/{{case}}_{{source}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        ENV
+    script:
+        "../../scripts/capture_range.py"
+
+
+rule capture_table:
+    input:
+        expand(
+            f"{R}/registration/{{case}}/capture_{{source}}.csv",
+            case=cases_of("analogy"),
+            source=registration_sources(),
+        ),
+    output:
+        summary=report(
+            f"{R}/tables/capture_range.csv",
+            caption="../report/capture_range.rst",
+            category="Tables",
+        ),
+        trials=f"{R}/tables/capture_range_trials.csv",
+        plot=report(
+            f"{R}/figures/capture_range.png",
+            caption="../report/capture_range.rst",
+            category="Registration",
+        ),
+    params:
+        success_um=config["registration"]["capture_range"]["success_um"],
+    log:
+        f"{R}/logs/capture_table.log",
+    benchmark:
+        f"{R}/benchmarks/capture_table.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../../scripts/capture_table.py"
