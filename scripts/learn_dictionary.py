@@ -6,34 +6,32 @@ import numpy as np
 
 from clemalign.dictionary import lasso_lars, learn_dictionary
 from clemalign.figures import dictionary_figure
-from clemalign.io import read_image, read_landmarks
-from clemalign.preprocess import align_training_pair
+from clemalign.preprocess import load_training_pairs
 from clemalign.runner import job
-from clemalign.sparse_analogy import em_for_coding, training_patches
+from clemalign.sparse_analogy import training_patches
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
 with job(smk) as log:
     opts, size = smk.params.analogy, smk.params.analogy["patch_size"]
-    pairs = []
-    for em_path, lm_path, lmk_path in zip(
-        smk.input.em, smk.input.lm, smk.input.landmarks, strict=True
-    ):
-        em, ppu = read_image(em_path)
-        lm, _ = read_image(lm_path)
-        confocal, _ = align_training_pair(
-            em, lm, ppu, read_landmarks(lmk_path), opts["training_alignment"]
-        )
-        pairs.append((em_for_coding(em, opts["em_intensity"]), confocal))
+    pairs = load_training_pairs(
+        smk.input.em,
+        smk.input.lm,
+        smk.input.landmarks,
+        opts["em_intensity"],
+        opts["training_alignment"],
+    )
     rng = np.random.default_rng([smk.params.seed, 300, smk.params.index])
     X = training_patches(pairs, opts["n_patches"], size, rng)
     log.info(
-        "training cases %s: %d patch pairs of %dx%d px (TEM %s, confocal raw [0, 1])",
+        "training cases %s: %d patch pairs of %dx%d px (TEM %s, confocal raw [0, 1], "
+        "pairs aligned by %s)",
         smk.params.training,
         X.shape[1],
         size,
         size,
         opts["em_intensity"],
+        opts["training_alignment"],
     )
     learned = learn_dictionary(
         X,

@@ -5,8 +5,8 @@ sparse method."""
 import numpy as np
 
 from clemalign.hertzmann import image_analogy
-from clemalign.io import read_image, read_landmarks, write_json, write_tiff
-from clemalign.preprocess import align_training_pair
+from clemalign.io import read_image, write_json, write_tiff
+from clemalign.preprocess import load_training_pairs
 from clemalign.runner import job
 from clemalign.sparse_analogy import em_for_coding
 
@@ -14,16 +14,13 @@ smk = snakemake  # noqa: F821 - injected by Snakemake
 
 with job(smk) as log:
     opts, hz = smk.params.analogy, smk.params.hertzmann
-    pairs = []
-    for em_path, lm_path, lmk_path in zip(
-        smk.input.em, smk.input.lm, smk.input.landmarks, strict=True
-    ):
-        em, ppu = read_image(em_path)
-        lm, _ = read_image(lm_path)
-        confocal, _ = align_training_pair(
-            em, lm, ppu, read_landmarks(lmk_path), opts["training_alignment"]
-        )
-        pairs.append((em_for_coding(em, opts["em_intensity"]), confocal))
+    pairs = load_training_pairs(
+        smk.input.em,
+        smk.input.lm,
+        smk.input.landmarks,
+        opts["em_intensity"],
+        opts["training_alignment"],
+    )
     tem, ppu = read_image(smk.input.test_em)
     result = image_analogy(
         em_for_coding(tem, opts["em_intensity"]),  # as the sparse method sees it

@@ -392,3 +392,29 @@ def align_training_pair(
         ).matrix
     confocal = warp_image(lm, px_per_um, np.linalg.inv(matrix), em.shape, px_per_um, order=1)
     return confocal, matrix
+
+
+def load_training_pairs(
+    em_paths: list[str],
+    lm_paths: list[str],
+    landmark_paths: list[str],
+    em_intensity: str,
+    alignment: str,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Preprocessed training cases as (TEM as coded, confocal on the TEM grid) pairs.
+
+    Both image-analogy methods learn from these: the TEM through
+    :func:`clemalign.sparse_analogy.em_for_coding` (``em_intensity``), the confocal
+    brought onto the TEM grid by :func:`align_training_pair` (``alignment``); NaN marks
+    confocal pixels without data.
+    """
+    from .io import read_image, read_landmarks
+    from .sparse_analogy import em_for_coding
+
+    pairs = []
+    for em_path, lm_path, lmk_path in zip(em_paths, lm_paths, landmark_paths, strict=True):
+        em, ppu = read_image(em_path)
+        lm, _ = read_image(lm_path)
+        confocal, _ = align_training_pair(em, lm, ppu, read_landmarks(lmk_path), alignment)
+        pairs.append((em_for_coding(em, em_intensity), confocal))
+    return pairs
