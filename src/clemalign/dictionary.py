@@ -11,19 +11,27 @@ thing everywhere). Two solvers of the same problem:
   quadratic and the ℓ1 term split, all patches at once as matrix products, the
   projection ``(I + DᵀD)⁻¹`` by the Woodbury identity, stopped on primal and dual
   residuals. The reference implementation of the method.
-* :func:`lasso_lars`: the production solver. A LARS-lasso homotopy batched over
-  patches (every patch follows its own regularisation path from λ_max down to λ, one
-  event per step, all patches advancing together), in float32 to find the support and
-  signs, then an exact float64 solve on that support, and a check of the optimality
-  conditions. Exact, and fast because the codes are very sparse.
+* :func:`lasso_codes` (sparse result) and :func:`lasso_lars` (dense): the production
+  solver, compiled with numba (:mod:`clemalign._lasso_numba`), float64 throughout. The
+  correlations ``Dᵀx`` of a chunk of patches come from one GEMM and the Gram matrix
+  ``DᵀD`` is shared; each patch is then solved alone (in parallel over patches) by an
+  active-set method — from zero, or warm-started from given codes — that solves the
+  sign-fixed problem on the support with an updated Cholesky factor, steps back to the
+  first sign change (feature-sign search, Lee et al. 2007), adds the most violating
+  atoms, and stops when the optimality conditions hold to 1e-10 λ. Patches where it
+  stalls (a singular support, rare) are solved by a LARS-lasso homotopy with the same
+  final check, and anything still uncertified by an exact float64 active-set loop.
+  Exact to rounding; as fast as SPAMS's LARS on the paper's sizes.
 
-:func:`learn_dictionary` alternates exact coding of all patches with the least-squares
-dictionary update ``D = B A⁻¹`` (appendix A) under the constraint ``||d_j|| <= 1``
-(without it the ℓ1 term can be driven to zero by growing the atoms: the problem has no
-minimiser). When the unconstrained update is feasible it is the constrained optimum;
-otherwise block-coordinate passes over the atoms (Mairal et al. 2010) minimise the same
-quadratic on the constraint set. Both steps are exact minimisations, so the objective
-never increases.
+:func:`learn_dictionary` minimises the same objective over the dictionary and all codes by
+block-coordinate descent: exact coding of one batch of patches at a time, each followed
+by block-coordinate passes over the atoms under the constraint ``||d_j|| <= 1`` (without
+it the ℓ1 term can be driven to zero by growing the atoms: the problem has no minimiser),
+using the sufficient statistics of all stored codes (Mairal et al. 2010). Every step is
+an exact minimisation over its block, so the objective never increases.
+:func:`update_dictionary` is the exact dictionary step given all codes: the
+least-squares update ``D = B A⁻¹`` of appendix A when it is feasible, the same quadratic
+minimised on the constraint set by block-coordinate passes otherwise.
 """
 
 from __future__ import annotations
@@ -33,9 +41,21 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import linalg
+from scipy import linalg, sparse
+
+from ._lasso_numba import (
+    FLAGGED,
+    OK,
+    OVERFLOW,
+    active_set_batch,
+    atom_passes,
+    lars_batch,
+)
 
 LOG = logging.getLogger(__name__)
+
+_WIDTH = 64  # support slots per patch in the compiled pass (larger supports: second pass)
+_ROUNDS = 64  # active-set rounds per patch before falling back to the homotopy
 
 
 def soft_threshold(x: np.ndarray, t: float) -> np.ndarray:
@@ -61,6 +81,14 @@ def lasso_objective(X: np.ndarray, D: np.ndarray, A: np.ndarray, lam: float) -> 
     R = X - np.asarray(D, dtype=np.float64) @ np.asarray(A, dtype=np.float64)
     n = X.shape[1]
     return float(0.5 * np.einsum("ij,ij->", R, R) / n + lam * np.abs(A).sum() / n)
+
+
+def _sparse_objective(X: np.ndarray, D: np.ndarray, A: sparse.spmatrix, lam: float) -> float:
+    """:func:`lasso_objective` for sparse codes (the product costs nnz x m, not k x n x m)."""
+    R = X - np.asarray(A.T @ D.T).T
+    return float(
+        0.5 * np.einsum("ij,ij->", R, R) / X.shape[1] + lam * np.abs(A.data).sum() / X.shape[1]
+    )
 
 
 def lasso_kkt_violation(X: np.ndarray, D: np.ndarray, A: np.ndarray, lam: float) -> float:
@@ -174,121 +202,6 @@ def lasso_sdmm(
 # --------------------------------------------------------------------------- LARS
 
 
-def _lars_chunk(
-    c0: np.ndarray, G: np.ndarray, Dt: np.ndarray, D: np.ndarray, lam: float, max_active: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """LARS-lasso homotopy for a block of patches; returns (support slots, signs).
-
-    c0 : (p, k) float32 correlations Dᵀx; G : (k, k) float64 Gram; Dt : (k, m) and
-    D : (m, k) float32. The state is kept only for the patches still on their path
-    (compacted as they finish), so late steps cost little.
-    Returns index (p, s) with -1 for empty slots, and the signs of the correlations.
-    """
-    p, k = c0.shape
-    out_idx = np.full((p, max_active), -1, dtype=np.int64)
-    out_sgn = np.zeros((p, max_active))
-    lam_now = np.abs(c0).max(axis=1).astype(np.float64)
-    rows = np.flatnonzero(lam_now > lam)  # original row of each running patch
-    c = c0[rows].copy()
-    lam_now = lam_now[rows]
-    r = rows.size
-    idx = np.full((r, max_active), -1, dtype=np.int64)
-    beta = np.zeros((r, max_active))
-    n_act = np.ones(r, dtype=np.int64)
-    active = np.zeros((r, k), dtype=bool)
-    first = np.abs(c).argmax(axis=1)
-    idx[:, 0] = first
-    active[np.arange(r), first] = True
-    eps = np.float32(1e-7)
-    while r:
-        ar = np.arange(r)
-        n = int(n_act.max())
-        ix = idx[:, :n]
-        live = ix >= 0
-        ixs = np.where(live, ix, 0)
-        sgn = np.where(live, np.sign(np.take_along_axis(c, ixs, axis=1)), 0.0)
-        gaa = G[ixs[:, :, None], ixs[:, None, :]]
-        both = live[:, :, None] & live[:, None, :]
-        gaa[~both] = 0.0
-        diag = np.arange(n)
-        gaa[:, diag, diag] = np.where(live, gaa[:, diag, diag], 1.0)
-        d = np.linalg.solve(gaa, sgn[..., None])[..., 0]  # dβ per unit decrease of λ
-        d32 = d.astype(np.float32)
-        w = d32[:, 0, None] * Dt[ixs[:, 0]]
-        for slot in range(1, n):
-            w += d32[:, slot, None] * Dt[ixs[:, slot]]
-        a = w @ D  # (r, k): rate of decrease of the correlations
-        lam32 = lam_now.astype(np.float32)[:, None]
-        # joining: an inactive atom reaches |c_j - γ a_j| = λ - γ
-        g = np.full((r, k), np.inf, dtype=np.float32)
-        den = 1.0 - a
-        np.divide(lam32 - c, den, out=g, where=den > eps)
-        den = 1.0 + a
-        g2 = np.full((r, k), np.inf, dtype=np.float32)
-        np.divide(lam32 + c, den, out=g2, where=den > eps)
-        np.minimum(g, g2, out=g)
-        g[active] = np.inf
-        g[g <= eps] = np.inf
-        j_join = g.argmin(axis=1)
-        g_join = g[ar, j_join].astype(np.float64)
-        b = beta[:, :n]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            gl = np.where(live & (d != 0), -b / d, np.inf)
-        gl[~(gl > 1e-12)] = np.inf
-        s_leave = gl.argmin(axis=1)
-        g_leave = gl[ar, s_leave]
-        g_target = lam_now - lam
-        gamma = np.minimum(np.minimum(g_join, g_leave), g_target)
-        beta[:, :n] = b + gamma[:, None] * d * live
-        c -= gamma[:, None].astype(np.float32) * a
-        lam_now -= gamma
-        done = gamma >= g_target - 1e-12
-        leave = ~done & (g_leave <= g_join)
-        join = ~done & ~leave
-        if leave.any():
-            rl = np.flatnonzero(leave)
-            sl = s_leave[leave]
-            active[rl, idx[rl, sl]] = False
-            idx[rl, sl] = -1
-            beta[rl, sl] = 0.0
-        if join.any():
-            rj = np.flatnonzero(join)
-            full = n_act[rj] >= max_active
-            free = idx[rj] < 0
-            has_free = free.any(axis=1)
-            slot = np.where(has_free, free.argmax(axis=1), n_act[rj])
-            ok = has_free | ~full
-            done[rj[~ok]] = True
-            rj, slot, jj = rj[ok], slot[ok], j_join[rj[ok]]
-            idx[rj, slot] = jj
-            beta[rj, slot] = 0.0
-            n_act[rj] = np.maximum(n_act[rj], slot + 1)
-            active[rj, jj] = True
-        if done.any():
-            fin = np.flatnonzero(done)
-            fi = np.maximum(idx[fin], 0)
-            out_idx[rows[fin]] = idx[fin]
-            out_sgn[rows[fin]] = np.sign(np.take_along_axis(c[fin], fi, axis=1)) * (idx[fin] >= 0)
-            keep = ~done
-            rows, c, lam_now = rows[keep], c[keep], lam_now[keep]
-            idx, beta, n_act, active = idx[keep], beta[keep], n_act[keep], active[keep]
-            r = rows.size
-    return out_idx, out_sgn
-
-
-def _exact_on_support(
-    Dtx: np.ndarray, G: np.ndarray, idx: np.ndarray, sgn: np.ndarray, lam: float
-) -> np.ndarray:
-    """β_A = G_AA⁻¹ (Dᵀx_A - λ s_A) in float64 for each patch's support (p, s slots)."""
-    live = idx >= 0
-    ixs = np.where(live, idx, 0)
-    gaa = G[ixs[:, :, None], ixs[:, None, :]]
-    both = live[:, :, None] & live[:, None, :]
-    gaa = np.where(both, gaa, np.eye(idx.shape[1])[None])
-    rhs = np.where(live, np.take_along_axis(Dtx, ixs, axis=1) - lam * sgn, 0.0)
-    return np.linalg.solve(gaa, rhs[..., None])[..., 0] * live
-
-
 def _correct_support(
     x: np.ndarray,
     dtx: np.ndarray,
@@ -298,9 +211,10 @@ def _correct_support(
     lam: float,
     max_rounds: int = 50,
 ) -> dict[int, float]:
-    """Active-set correction for one patch whose homotopy support fails the optimality
-    conditions (float32 near-ties): drop atoms whose exact coefficient has the wrong
-    sign, add the most violating atom, until the conditions hold (float64)."""
+    """Active-set correction for one patch the compiled solvers could not certify
+    (near-ties, singular supports): drop atoms whose exact coefficient has the wrong
+    sign, add the most violating atom, until the conditions hold (float64, least
+    squares on the support, so a singular support is handled)."""
     signs = dict(signs)
     beta: dict[int, float] = {}
     for _ in range(max_rounds):
@@ -329,15 +243,117 @@ def _correct_support(
     return beta
 
 
-def lasso_lars(
+def _to_slots(A: sparse.spmatrix, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sparse (k, n) codes as per-patch slots: idx, val (n, width) and nnz (n,)."""
+    A = sparse.csc_matrix(A)
+    A.sort_indices()
+    nnz = np.diff(A.indptr).astype(np.int32)
+    n = A.shape[1]
+    idx = np.zeros((n, width), dtype=np.int32)
+    val = np.zeros((n, width))
+    take = nnz <= width
+    cols = np.repeat(np.arange(n), nnz)
+    pos = np.arange(A.indices.size) - np.repeat(A.indptr[:-1], nnz)
+    ok = take[cols]
+    idx[cols[ok], pos[ok]] = A.indices[ok]
+    val[cols[ok], pos[ok]] = A.data[ok]
+    nnz[~take] = 0
+    return idx, val, nnz
+
+
+def _code_chunk(
+    x64: np.ndarray,
+    D64: np.ndarray,
+    G: np.ndarray,
+    lam: float,
+    max_active: int,
+    warm: sparse.spmatrix | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact codes of p patches, as COO triplets (column, atom, value): float64
+    correlations by one GEMM, the active-set kernel, the homotopy where it stalls, the
+    float64 correction where neither certifies the optimality conditions."""
+    C = x64.T @ D64  # (p, k) correlations Dᵀx
+    p = C.shape[0]
+    width = max(1, min(max_active, _WIDTH))
+    rows = np.arange(p)  # patches still to code
+    out_c, out_i, out_v = [], [], []
+    special: dict[int, dict[int, float]] = {}  # column -> starting signs for the correction
+
+    def emit(cols: np.ndarray, idx: np.ndarray, val: np.ndarray, cnt: np.ndarray) -> None:
+        keep = np.arange(idx.shape[1])[None, :] < cnt[:, None]
+        out_c.append(np.broadcast_to(cols[:, None], idx.shape)[keep])
+        out_i.append(idx[keep])
+        out_v.append(val[keep])
+
+    if warm is not None:
+        nmax = int(np.diff(sparse.csc_matrix(warm).indptr).max(initial=0))
+        w_width = max(1, min(max_active, max(_WIDTH, nmax + 16)))
+        idx0, val0, nnz0 = _to_slots(warm, w_width)
+    else:  # from zero
+        idx0 = np.zeros((p, width), dtype=np.int32)
+        val0 = np.zeros((p, width))
+        nnz0 = np.zeros(p, dtype=np.int32)
+    idx, val, cnt, status = active_set_batch(C, G, float(lam), idx0, val0, nnz0, _ROUNDS)
+    ok = status == OK
+    emit(rows[ok], idx[ok], val[ok], cnt[ok])
+    rows = rows[~ok]
+    if rows.size:
+        Cr = C if rows.size == p else np.ascontiguousarray(C[rows])
+        idx, val, cnt, status = lars_batch(Cr, G, float(lam), width)
+        ok = status == OK
+        emit(rows[ok], idx[ok], val[ok], cnt[ok])
+        over = np.flatnonzero(status == OVERFLOW)
+        if over.size and width < max_active:
+            idx2, val2, cnt2, status2 = lars_batch(
+                np.ascontiguousarray(Cr[over]), G, float(lam), max_active
+            )
+            ok2 = status2 == OK
+            emit(rows[over[ok2]], idx2[ok2], val2[ok2], cnt2[ok2])
+            for r in np.flatnonzero(~ok2):
+                special[int(rows[over[r]])] = {
+                    int(j): float(np.sign(v))
+                    for j, v in zip(idx2[r, : cnt2[r]], val2[r, : cnt2[r]], strict=True)
+                }
+        elif over.size:
+            special.update({int(rows[r]): {} for r in over})
+        for r in np.flatnonzero(status == FLAGGED):
+            special[int(rows[r])] = {
+                int(j): float(np.sign(v))
+                for j, v in zip(idx[r, : cnt[r]], val[r, : cnt[r]], strict=True)
+            }
+    # near-ties, dependent atoms: exact active-set correction in float64
+    for col, signs in special.items():
+        fixed = _correct_support(x64[:, col], C[col], D64, G, signs, lam)
+        fixed = {j: v for j, v in fixed.items() if v != 0}
+        out_c.append(np.full(len(fixed), col))
+        out_i.append(np.array(list(fixed), dtype=np.int32))
+        out_v.append(np.array(list(fixed.values()), dtype=np.float64))
+    cols = np.concatenate(out_c) if out_c else np.zeros(0, np.int64)
+    order = np.argsort(cols, kind="stable")
+    return (
+        cols[order],
+        np.concatenate(out_i)[order].astype(np.int32) if out_c else np.zeros(0, np.int32),
+        np.concatenate(out_v)[order] if out_c else np.zeros(0),
+    )
+
+
+def lasso_codes(
     X: np.ndarray,
     D: np.ndarray,
     lam: float,
     chunk: int = 8192,
     max_active: int | None = None,
     gram: np.ndarray | None = None,
-) -> np.ndarray:
-    """Exact lasso for every column of ``X`` by a LARS homotopy batched over patches.
+    warm: sparse.spmatrix | None = None,
+) -> sparse.csc_matrix:
+    """Exact lasso for every column of ``X``, as a sparse (k, n) matrix.
+
+    Per chunk of patches: the correlations ``Dᵀx`` by one float64 GEMM, then the compiled
+    LARS-lasso homotopy of :mod:`clemalign._lasso_numba` (one patch per task, parallel
+    over patches with numba's thread count), which ends with an exact solve on the
+    support and a float64 check of the optimality conditions. The rare patches whose
+    conditions fail (near-ties, dependent atoms) are corrected exactly by an active-set
+    loop (:func:`_correct_support`).
 
     Parameters
     ----------
@@ -346,57 +362,67 @@ def lasso_lars(
     D : ndarray, shape (m, k)
         Dictionary (atoms as columns; any norms).
     lam : float
-        λ.
+        λ (in the units of ``X``, here intensities in [0, 1]).
     chunk : int
-        Patches processed together (memory ~ chunk x k x 4 bytes x a few).
+        Patches coded together (memory ~ chunk x k x 8 bytes).
     max_active : int, optional
         Cap on the support size (default min(m, k)).
     gram : ndarray, optional
-        Precomputed ``DᵀD`` (float64).
+        Precomputed ``DᵀD`` (float64, C-contiguous).
+    warm : sparse matrix, shape (k, n), optional
+        Starting codes (e.g. the previous iteration's): each patch is then solved by a
+        warm-started active-set method (:func:`clemalign._lasso_numba.active_set_batch`),
+        exact at termination, the homotopy only where that stalls. Same optimum.
+
+    Returns
+    -------
+    scipy.sparse.csc_matrix, shape (k, n), float64
+        Codes; explicit zeros are never stored.
+    """
+    D64 = np.ascontiguousarray(D, dtype=np.float64)
+    m, k = D64.shape
+    G = np.ascontiguousarray(D64.T @ D64 if gram is None else gram, dtype=np.float64)
+    max_active = min(m, k) if max_active is None else int(max_active)
+    X = np.asarray(X)
+    n = X.shape[1]
+    if warm is not None:
+        warm = sparse.csc_matrix(warm)
+    cols, atoms, vals = [], [], []
+    for s0 in range(0, n, chunk):
+        x64 = np.asarray(X[:, s0 : s0 + chunk], dtype=np.float64)
+        if not (x64.flags.c_contiguous or x64.flags.f_contiguous):
+            x64 = np.ascontiguousarray(x64)  # BLAS needs one of the two layouts
+        w = None if warm is None else warm[:, s0 : s0 + chunk]
+        c, i, v = _code_chunk(x64, D64, G, lam, max_active, w)
+        cols.append(c + s0)
+        atoms.append(i)
+        vals.append(v)
+    cols = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cols, minlength=n), out=indptr[1:])
+    indices = np.concatenate(atoms) if atoms else np.zeros(0, np.int32)
+    data = np.concatenate(vals) if vals else np.zeros(0)
+    return sparse.csc_matrix((data, indices, indptr), shape=(k, n))
+
+
+def lasso_lars(
+    X: np.ndarray,
+    D: np.ndarray,
+    lam: float,
+    chunk: int = 8192,
+    max_active: int | None = None,
+    gram: np.ndarray | None = None,
+) -> np.ndarray:
+    """Exact lasso for every column of ``X``, as a dense (k, n) array.
+
+    The dense form of :func:`lasso_codes` (same parameters).
 
     Returns
     -------
     ndarray, shape (k, n), float64
         Codes.
     """
-    D64 = np.asarray(D, dtype=np.float64)
-    m, k = D64.shape
-    G = D64.T @ D64 if gram is None else gram
-    D32 = D64.astype(np.float32)
-    Dt32 = np.ascontiguousarray(D32.T)
-    max_active = min(m, k) if max_active is None else max_active
-    X = np.asarray(X)
-    n = X.shape[1]
-    out = np.zeros((k, n))
-    for s0 in range(0, n, chunk):
-        xs = np.asarray(X[:, s0 : s0 + chunk], dtype=np.float32)
-        c0 = np.ascontiguousarray((Dt32 @ xs).T)  # (p, k)
-        idx, sgn = _lars_chunk(c0, G, Dt32, D32, lam, max_active)
-        used = int((idx >= 0).sum(axis=1).max(initial=0))
-        order = np.argsort(idx < 0, axis=1, kind="stable")[:, : max(used, 1)]
-        idx = np.take_along_axis(idx, order, axis=1)
-        sgn = np.take_along_axis(sgn, order, axis=1)
-        dtx = (D64.T @ np.asarray(X[:, s0 : s0 + chunk], dtype=np.float64)).T
-        beta = _exact_on_support(dtx, G, idx, sgn, lam)
-        cols = np.arange(idx.shape[0])[:, None] + s0
-        live = idx >= 0
-        out[idx[live], np.broadcast_to(cols, idx.shape)[live]] = beta[live]
-        # Optimality conditions in float64: g = Dᵀ(x - D a) with |g| <= λ off the support
-        # and g = λ sign(a) on it. The rare patches that fail are corrected exactly.
-        block = out[:, s0 : s0 + chunk]
-        x64 = np.asarray(X[:, s0 : s0 + chunk], dtype=np.float64)
-        g = D64.T @ (x64 - D64 @ block)
-        on = block != 0
-        bad_on = np.abs(g - lam * np.sign(block)) > 1e-7 * lam
-        bad_off = np.abs(g) > lam * (1 + 1e-7)
-        bad = np.flatnonzero(((bad_on & on) | (bad_off & ~on)).any(axis=0))
-        for col in bad:
-            start = {int(j): float(np.sign(block[j, col])) for j in np.flatnonzero(on[:, col])}
-            fixed = _correct_support(x64[:, col], dtx[col], D64, G, start, lam)
-            block[:, col] = 0.0
-            for j, v in fixed.items():
-                block[j, col] = v
-    return out
+    return lasso_codes(X, D, lam, chunk, max_active, gram).toarray()
 
 
 # ------------------------------------------------------------------ dictionary learning
@@ -434,17 +460,9 @@ def update_dictionary(
         D_ls[:, used] = XAt[:, used] @ np.linalg.pinv(sub, hermitian=True)
     if np.all(np.linalg.norm(D_ls, axis=0) <= 1.0 + 1e-12):
         return D_ls
-    D = D.copy()
-    for _ in range(max_passes):
-        moved = 0.0
-        for j in np.flatnonzero(used):
-            u = D[:, j] + (XAt[:, j] - D @ AAt[:, j]) / AAt[j, j]
-            u /= max(np.linalg.norm(u), 1.0)
-            moved = max(moved, float(np.abs(u - D[:, j]).max()))
-            D[:, j] = u
-        if moved < tol:
-            break
-    return D
+    Dt = np.ascontiguousarray(D.T, dtype=np.float64)
+    atom_passes(Dt, np.ascontiguousarray(AAt), np.ascontiguousarray(XAt.T), max_passes, tol)
+    return Dt.T.copy()
 
 
 @dataclass
@@ -464,8 +482,21 @@ def learn_dictionary(
     tol: float = 1e-4,
     max_iter: int = 100,
     log: logging.Logger | None = None,
+    batch_size: int = 1024,
 ) -> LearnedDictionary:
-    """Alternating minimisation of Σ ½||x_i - D a_i||² + λ||a_i||₁ over D and the codes.
+    """Block-coordinate minimisation of Σ ½||x_i - D a_i||² + λ||a_i||₁ over D and codes.
+
+    The blocks are the dictionary and the codes of each batch of ``batch_size`` patches
+    (incremental alternating minimisation, Neal & Hinton 1998; Mairal et al. 2010 use the
+    same statistics online). One iteration is a pass over the batches in order: the
+    batch's codes by exact lasso (warm-started from its previous codes), the sufficient
+    statistics ``AAᵀ = Σ a aᵀ`` and ``XAᵀ = Σ x aᵀ`` of all stored codes updated, and
+    one block-coordinate pass over the atoms on ``||d_j|| <= 1`` (each atom's exact
+    minimiser, projected). Both kinds of step are exact minimisations over their block
+    of the objective evaluated with the stored codes, so that objective never increases
+    and is the full objective of eq. 8 at the stored codes; updating ``D`` after every
+    batch instead of after all patches reaches a given objective several times sooner.
+    Codes not yet computed (first pass) are zero.
 
     Parameters
     ----------
@@ -477,17 +508,23 @@ def learn_dictionary(
     lam : float
         λ.
     rng : numpy.random.Generator
-        Draws the initial atoms (random training patches, normalised).
+        Draws the initial atoms (random training patches, normalised) and re-seeds atoms
+        no code uses.
     tol : float
         Stop when an iteration lowers the objective by less than this fraction.
     max_iter : int
-        Iteration cap.
+        Iteration cap (passes over the patches).
     log : logging.Logger, optional
         Progress (iteration, objective, non-zeros, time) is logged here.
+    batch_size : int
+        Patches per code block.
 
     Returns
     -------
     LearnedDictionary
+        ``history`` rows: (iteration, objective with the stored codes after the pass's
+        last coding step, after its last dictionary step, mean non-zeros per code,
+        seconds since the start); the objective is the mean over patches.
     """
     log = log or LOG
     X = np.asarray(X, dtype=np.float64)
@@ -497,20 +534,42 @@ def learn_dictionary(
     dead = norms < 1e-12
     D[:, dead] = rng.normal(size=(m, int(dead.sum())))
     D /= np.linalg.norm(D, axis=0)
+    Dt = np.ascontiguousarray(D.T)
+    bounds = [(s0, min(n, s0 + batch_size)) for s0 in range(0, n, batch_size)]
+    codes: list[sparse.csc_matrix | None] = [None] * len(bounds)
+    AAt = np.zeros((n_atoms, n_atoms))
+    XAt_t = np.zeros((n_atoms, m))  # (X Aᵀ)ᵀ
     history = []
     previous = np.inf
     start = time.perf_counter()
     converged = False
     for it in range(1, max_iter + 1):
-        A = lasso_lars(X, D, lam)
-        coded = lasso_objective(X, D, A, lam)
-        D = update_dictionary(D, A @ A.T, X @ A.T)
-        unused = ~(A != 0).any(axis=1)
+        coded = np.nan
+        for b, (s0, s1) in enumerate(bounds):
+            xb = X[:, s0:s1]
+            D = Dt.T
+            new = lasso_codes(xb, D, lam, warm=codes[b])
+            if codes[b] is not None:
+                old = codes[b]
+                AAt -= (old @ old.T).toarray()
+                XAt_t -= np.asarray(old @ xb.T)
+            AAt += (new @ new.T).toarray()
+            XAt_t += np.asarray(new @ xb.T)
+            codes[b] = new
+            if b == len(bounds) - 1:
+                coded = _codes_objective(X, Dt.T, codes, lam)
+            atom_passes(Dt, AAt, XAt_t, 1, 0.0)
+        # exact statistics again (no drift from the running sums)
+        A = sparse.hstack(codes).tocsc()
+        AAt = (A @ A.T).toarray()
+        XAt_t = np.asarray(A @ X.T)
+        unused = np.diag(AAt) == 0
         if unused.any():  # unused atoms do not enter the objective: re-seed them
             fresh = X[:, rng.choice(n, int(unused.sum()))]
-            D[:, unused] = fresh / np.maximum(np.linalg.norm(fresh, axis=0), 1e-12)
-        updated = lasso_objective(X, D, A, lam)
-        nnz = float((A != 0).sum(axis=0).mean())
+            Dt[unused] = (fresh / np.maximum(np.linalg.norm(fresh, axis=0), 1e-12)).T
+        D = Dt.T
+        updated = _sparse_objective(X, D, A, lam)
+        nnz = A.nnz / n
         elapsed = time.perf_counter() - start
         history.append((it, coded, updated, nnz, elapsed))
         log.info(
@@ -527,4 +586,11 @@ def learn_dictionary(
             converged = True
             break
         previous = updated
-    return LearnedDictionary(D, history, converged)
+    return LearnedDictionary(np.ascontiguousarray(Dt.T), history, converged)
+
+
+def _codes_objective(
+    X: np.ndarray, D: np.ndarray, codes: list[sparse.csc_matrix], lam: float
+) -> float:
+    """Mean objective over all patches with the stored per-batch codes."""
+    return _sparse_objective(X, D, sparse.hstack(codes).tocsc(), lam)

@@ -25,11 +25,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy import sparse
 
-from .dictionary import lasso_kkt_violation, lasso_lars
+from ._lasso_numba import decode_rows, overlap_add, patches_into
+from .dictionary import lasso_codes
 from .transforms import fit_affine, warp_image
 
 LOG = logging.getLogger(__name__)
+
+#: Over-relaxation ω of the image step of :func:`reconstruct` (1 = plain block descent).
+_OVERRELAX = 1.8
 
 
 def extract_patches(image: np.ndarray, size: int) -> np.ndarray:
@@ -185,17 +190,24 @@ def predict_decoupled(
         Patch side, px.
     """
     start = time.perf_counter()
-    codes = lasso_lars(extract_patches(f1, size), D1, lam)
-    pred = D2 @ codes
+    codes = lasso_codes(extract_patches(f1, size), D1, lam)
+    pred = _decode(D2, codes)
     total, count = overlap_sum(pred, f1.shape, size)
     spread = overlap_spread(pred, f1.shape, size)
+    nnz = codes.nnz / codes.shape[1]
     return Prediction(
         np.asarray(f1, dtype=np.float64),
         total / count,
         spread,
-        codes,
-        {"seconds": time.perf_counter() - start, "nnz": float((codes != 0).sum(0).mean())},
+        codes.toarray(),
+        {"seconds": time.perf_counter() - start, "nnz": nnz},
     )
+
+
+def _decode(D: np.ndarray, codes: sparse.csc_matrix) -> np.ndarray:
+    """Patches ``D @ codes`` (m, n; F order) from sparse codes (cost nnz x m, not k x n x m)."""
+    Dt = np.ascontiguousarray(D.T, dtype=np.float64)
+    return decode_rows(codes.indptr, codes.indices, codes.data, Dt).T
 
 
 def eq7_objective(
@@ -236,9 +248,17 @@ def reconstruct(
     E = γ/2 ||u1 - f1||² + 1/N Σ_i (½||R_i u1 - D1 α_i||² + ½||R_i u2 - D2 α_i||²
     + λ||α_i||₁). Given the codes, ``u2`` is the average of the overlapping ``D2 α_i``
     and ``u1 = (γ f1 + 1/N Σ R_iᵀ D1 α_i) / (γ + count/N)``; given the images, each code
-    is an exact lasso of the stacked patch against the stacked dictionary. Both steps
-    are exact, the objective is convex, so the iteration converges to the optimum; it
-    stops when the objective changes by less than ``tol`` (relative).
+    is an exact lasso of the stacked patch against the stacked dictionary, warm-started
+    from the previous codes (:func:`clemalign.dictionary.lasso_codes`). The objective is
+    convex and the code step exact, so the iteration converges to the optimum; it stops
+    when the objective changes by less than ``tol`` (relative).
+
+    The image step is over-relaxed: ``u ← u + ω (u* - u)`` with ``u*`` the closed form
+    and ω = 1.8 (after the first iteration). E is quadratic in the images with its
+    minimum at ``u*``, so ``E(u + ω (u* - u)) - E(u*) = (1 - ω)² (E(u) - E(u*))``: any
+    0 < ω < 2 still lowers E, and on the paper's sizes ω = 1.8 needs about two thirds of
+    the iterations of plain block descent (12 instead of 18 to a 1e-6 relative change).
+    The returned images are the exact ``u*`` of the returned codes.
 
     Parameters
     ----------
@@ -271,32 +291,56 @@ def reconstruct(
     start = time.perf_counter()
     f1 = np.asarray(f1, dtype=np.float64)
     shape = f1.shape
-    D = D1 if D2 is None else np.vstack([D1, D2])
+    D = np.ascontiguousarray(D1 if D2 is None else np.vstack([D1, D2]), dtype=np.float64)
+    gram = D.T @ D
     m1 = D1.shape[0]
-    codes = lasso_lars(extract_patches(f1, size), D1, lam)  # decoupled start
+    codes = lasso_codes(extract_patches(f1, size), D1, lam)  # decoupled start
     n = codes.shape[1]
+    _, count = overlap_sum(np.zeros((m1, n)), shape, size)  # patches covering each pixel
     history = []
-    u1, u2 = f1, None
     previous = np.inf
 
-    def images(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The optimal images for given codes (closed form)."""
-        s1, count = overlap_sum(D1 @ codes, shape, size)
+    def images(codes: sparse.csc_matrix) -> tuple:
+        """The optimal images for given codes (closed form), and the decoded patches."""
+        P = _decode(D, codes)
+        Pt = P.T  # (n, m): patch by patch
+        s1 = np.zeros(shape)
+        overlap_add(Pt, 0, size, s1)
         new_u1 = (gamma * f1 + s1 / n) / (gamma + count / n)
         new_u2 = None
         if D2 is not None:
-            s2, _ = overlap_sum(D2 @ codes, shape, size)
+            s2 = np.zeros(shape)
+            overlap_add(Pt, m1, size, s2)
             new_u2 = s2 / count
-        return new_u1, new_u2
+        return new_u1, new_u2, P
 
     def stacked(u1: np.ndarray, u2: np.ndarray | None) -> np.ndarray:
-        Y = extract_patches(u1, size)
-        return Y if u2 is None else np.vstack([Y, extract_patches(u2, size)])
+        """Stacked patches (m, n), laid out patch by patch (F order) for the GEMM."""
+        parts = [u for u in (u1, u2) if u is not None]
+        out = np.empty((n, size * size * len(parts)))
+        for p, u in enumerate(parts):
+            patches_into(np.ascontiguousarray(u), size, out, p * size * size)
+        return out.T
+
+    def objective(u1: np.ndarray, Y: np.ndarray, P: np.ndarray, codes: sparse.spmatrix) -> float:
+        """eq7_objective from the stacked patches Y and decoded patches P."""
+        R = Y - P
+        fit = 0.5 * np.einsum("ij,ij->", R, R) + lam * np.abs(codes.data).sum()
+        return float(0.5 * gamma * np.sum((u1 - f1) ** 2) + fit / n)
 
     converged = False
+    relaxed = False
+    u1 = u2 = None
     for it in range(1, max_iter + 1):
-        u1, u2 = images(codes)
-        value = eq7_objective(f1, u1, u2, codes, D1, D2, lam, gamma, size)
+        e1, e2, P = images(codes)
+        if u1 is None or _OVERRELAX == 1.0:
+            u1, u2 = e1, e2
+        else:  # over-relaxed image step: still lowers E (see the notes above)
+            u1 = u1 + _OVERRELAX * (e1 - u1)
+            u2 = None if e2 is None else u2 + _OVERRELAX * (e2 - u2)
+            relaxed = True
+        Y = stacked(u1, u2)
+        value = objective(u1, Y, P, codes)
         history.append(value)
         log.info(
             "eq. 7 iteration %d: objective %.8f (%.1f s)", it, value, time.perf_counter() - start
@@ -305,15 +349,22 @@ def reconstruct(
             converged = True
             break
         previous = value
-        codes = lasso_lars(stacked(u1, u2), D, lam)
-    if not converged:  # the cap ended on a code step: make the images optimal again
-        u1, u2 = images(codes)
-        history.append(eq7_objective(f1, u1, u2, codes, D1, D2, lam, gamma, size))
+        codes = lasso_codes(Y, D, lam, gram=gram, warm=codes)
+    if relaxed or not converged:  # make the images optimal for the final codes
+        u1, u2, P = images(codes)
+        Y = stacked(u1, u2)
+        history.append(objective(u1, Y, P, codes))
     # Joint optimality: the images are optimal for the codes by construction; how far the
-    # codes are from optimal for these images is the remaining violation.
-    Y = stacked(u1, u2)
-    kkt = lasso_kkt_violation(Y, D, codes, lam)
-    pred = D2 @ codes if D2 is not None else D1 @ codes
+    # codes are from optimal for these images is the remaining violation (relative to λ).
+    g = D.T @ (Y - P)  # (k, n)
+    cols = np.repeat(np.arange(n), np.diff(codes.indptr))
+    g_on = g[codes.indices, cols]
+    viol_on = np.abs(g_on - lam * np.sign(codes.data)).max(initial=0.0)
+    g[codes.indices, cols] = 0.0
+    viol_off = max(float(np.abs(g).max(initial=0.0)) - lam, 0.0)
+    kkt = max(float(viol_on), viol_off) / lam
+    dense = codes.toarray()
+    pred = P[m1:] if D2 is not None else P[:m1]
     spread = overlap_spread(pred, shape, size)
     info = {
         "iterations": len(history),
@@ -321,7 +372,7 @@ def reconstruct(
         "kkt": kkt,
         "converged": converged,
         "seconds": time.perf_counter() - start,
-        "nnz": float((codes != 0).sum(0).mean()),
+        "nnz": codes.nnz / n,
         "patch_dim": m1,
     }
-    return Prediction(u1, u2, spread, codes, info)
+    return Prediction(u1, u2, spread, dense, info)
