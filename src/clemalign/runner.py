@@ -7,9 +7,11 @@ A rule script does::
     with job(snakemake) as log:
         ...  # call clemalign, write outputs
 
-Progress goes to the rule's log file. An error is logged with its traceback and
-re-raised as a one-line :class:`~clemalign.errors.CaseError` naming the case (and the
-file, when known), which Snakemake prints; other cases go on (``--keep-going``).
+Progress goes to the rule's log file. Compiled kernels (numba) use the rule's declared
+``threads``, so parallel jobs do not oversubscribe the cores. An error is logged with
+its traceback and re-raised as a one-line :class:`~clemalign.errors.CaseError` naming
+the case (and the file, when known), which Snakemake prints; other cases go on
+(``--keep-going``).
 """
 
 from __future__ import annotations
@@ -57,7 +59,9 @@ def job(smk: object) -> Iterator[logging.Logger]:
     logger.addHandler(err)
     logging.captureWarnings(True)
     start = time.perf_counter()
-    logger.info("rule %s, case %s", smk.rule, case)
+    threads = max(1, int(getattr(smk, "threads", 1) or 1))
+    _limit_numba_threads(threads)
+    logger.info("rule %s, case %s, %d thread(s)", smk.rule, case, threads)
     try:
         yield logger
     except CaseError as error:
@@ -70,3 +74,10 @@ def job(smk: object) -> Iterator[logging.Logger]:
             f"ERROR {CaseError(str(case), f'{type(error).__name__}: {error}', path)}"
         ) from None
     logger.info("done in %.2f s", time.perf_counter() - start)
+
+
+def _limit_numba_threads(threads: int) -> None:
+    """Let numba's parallel kernels use at most ``threads`` threads (its default: all)."""
+    import numba
+
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
