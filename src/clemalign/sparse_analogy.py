@@ -29,7 +29,6 @@ from scipy import sparse
 
 from ._lasso_numba import decode_rows, overlap_add, patches_into
 from .dictionary import lasso_codes
-from .transforms import fit_affine, warp_image
 
 LOG = logging.getLogger(__name__)
 
@@ -101,13 +100,12 @@ def confocal_in_em_frame(
 
     Both images are in the preprocessed sampling ``px_per_um``; landmarks hold ``em_*``
     in the TEM frame and ``lm_*`` in the crop frame (um). Pixels the confocal does not
-    cover are NaN.
+    cover are NaN. (:func:`clemalign.preprocess.align_training_pair` with
+    ``"landmarks"``.)
     """
-    em_to_lm = fit_affine(
-        landmarks[["em_x_um", "em_y_um"]].to_numpy(float),
-        landmarks[["lm_x_um", "lm_y_um"]].to_numpy(float),
-    )
-    return warp_image(lm, px_per_um, np.linalg.inv(em_to_lm), em.shape, px_per_um, order=1)
+    from .preprocess import align_training_pair
+
+    return align_training_pair(em, lm, px_per_um, landmarks, "landmarks")[0]
 
 
 def training_patches(
