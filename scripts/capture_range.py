@@ -3,24 +3,29 @@ perturbations of its start; does each measure come back to its unperturbed answe
 
 import numpy as np
 
-from clemalign.evaluation import capture_trials, moving_image
-from clemalign.io import read_image, read_json, read_landmarks
+from clemalign.evaluation import (
+    capture_trials,
+    frame_ground_truth,
+    load_registration_images,
+    moving_image,
+)
+from clemalign.io import read_json, read_landmarks
 from clemalign.runner import job
-from clemalign.transforms import Transform
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
 with job(smk) as log:
     case, source = smk.wildcards.case, smk.wildcards.source
     opts, capture = smk.params.registration, smk.params.capture
-    tem, ppu = read_image(smk.input.em)
-    fixed, _ = read_image(smk.input.get("fixed_denoised", smk.input.lm))
-    predicted = read_image(smk.input.predicted)[0] if "predicted" in smk.input.keys() else None
-    weights = None
-    if "uncertainty" in smk.input.keys():
-        weights = 1.0 - read_image(smk.input.uncertainty)[0]
+    images = load_registration_images(
+        case,
+        smk.input.em,
+        smk.input.get("fixed_denoised", smk.input.lm),
+        smk.input.get("predicted"),
+        smk.input.get("uncertainty"),
+    )
     frame = read_json(smk.input.frame)
-    truth = Transform.from_dict(frame["ground_truth"]).matrix if "ground_truth" in frame else None
+    truth = frame_ground_truth(frame)
     answer = read_json(smk.input.answer)
     answers = {
         m: np.asarray(r["matrix"]) for m, r in answer["measures"].items() if r["status"] == "ok"
@@ -28,18 +33,18 @@ with job(smk) as log:
     # The same perturbations for every source of a case: seeded by the case only.
     rng = np.random.default_rng([smk.params.seed, 600, smk.params.index])
     trials = capture_trials(
-        lambda measure: moving_image(source, measure, tem, predicted),
-        fixed,
+        lambda measure: moving_image(source, measure, images.tem, images.predicted),
+        images.fixed,
         np.asarray(answer["start"]),
         answers,
-        ppu,
+        images.px_per_um,
         rng,
         capture["trials"],
         capture,
         capture["success_um"],
         read_landmarks(smk.input.landmarks),
         truth,
-        weights,
+        images.weights,
         {"levels": opts["levels"], "bins": opts["bins"]},
     )
     trials.insert(0, "source", source)

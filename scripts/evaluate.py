@@ -4,7 +4,13 @@ ground truth for synthetic data), with before/after overlays."""
 import numpy as np
 import pandas as pd
 
-from clemalign.evaluation import LONG_COLUMNS, landmark_fit, moving_image, score
+from clemalign.evaluation import (
+    LONG_COLUMNS,
+    frame_ground_truth,
+    landmark_fit,
+    moving_image,
+    score,
+)
 from clemalign.figures import registration_figure
 from clemalign.io import read_image, read_json, read_landmarks
 from clemalign.runner import job
@@ -18,7 +24,7 @@ with job(smk) as log:
     fixed, _ = read_image(smk.input.lm)
     landmarks = read_landmarks(smk.input.landmarks)
     frame = read_json(smk.input.frame)
-    truth = Transform.from_dict(frame["ground_truth"]).matrix if "ground_truth" in frame else None
+    truth = frame_ground_truth(frame)
     start = Transform.load(smk.input.start_transform).matrix
     rows, answers, errors, shown = [], {}, {}, {}
 

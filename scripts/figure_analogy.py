@@ -2,11 +2,10 @@
 
 import numpy as np
 
+from clemalign.evaluation import confocal_on_tem_grid
 from clemalign.figures import analogy_figure
 from clemalign.io import read_image, read_json, read_landmarks
 from clemalign.runner import job
-from clemalign.sparse_analogy import confocal_in_em_frame
-from clemalign.transforms import Transform, warp_image
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
@@ -14,11 +13,9 @@ with job(smk):
     tem, ppu = read_image(smk.input.em)
     confocal, _ = read_image(smk.input.lm)
     frame = read_json(smk.input.frame)
-    if "ground_truth" in frame:
-        gt = Transform.from_dict(frame["ground_truth"]).matrix
-        registered = warp_image(confocal, ppu, np.linalg.inv(gt), tem.shape, ppu)
-    else:
-        registered = confocal_in_em_frame(tem, confocal, ppu, read_landmarks(smk.input.landmarks))
+    registered, _ = confocal_on_tem_grid(
+        tem, confocal, ppu, frame, read_landmarks(smk.input.landmarks)
+    )
     analogy_figure(
         smk.output[0],
         smk.wildcards.case,

@@ -1,14 +1,12 @@
 """Rule prediction_quality: how well each predictor matches the real confocal image."""
 
-import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from clemalign.evaluation import confocal_on_tem_grid
 from clemalign.io import read_image, read_json, read_landmarks
 from clemalign.metrics import normalized_mutual_information, pearson_r
 from clemalign.runner import job
-from clemalign.sparse_analogy import confocal_in_em_frame
-from clemalign.transforms import Transform, warp_image
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
@@ -29,13 +27,8 @@ with job(smk) as log:
         tem, ppu = read_image(em_path)
         confocal, _ = read_image(lm_path)
         frame = read_json(frame_path)
-        if "ground_truth" in frame:  # synthetic: the true confocal in the TEM frame
-            gt = Transform.from_dict(frame["ground_truth"]).matrix
-            truth = warp_image(confocal, ppu, np.linalg.inv(gt), tem.shape, ppu)
-            reference = "ground truth"
-        else:
-            truth = confocal_in_em_frame(tem, confocal, ppu, read_landmarks(lmk_path))
-            reference = "landmark affine"
+        # synthetic data: the true confocal on the TEM grid; user data: landmark affine
+        truth, reference = confocal_on_tem_grid(tem, confocal, ppu, frame, read_landmarks(lmk_path))
         predictors = {
             "sparse": read_image(pred_path)[0],
             "sparse_decoupled": read_image(dec_path)[0],

@@ -1,8 +1,13 @@
 """Rule register: one source (moving image on the TEM grid) against the confocal crop,
 under every configured measure, from the landmark-fitted similarity start."""
 
-from clemalign.evaluation import moving_image, register_measures, source_measures
-from clemalign.io import read_image, write_json
+from clemalign.evaluation import (
+    load_registration_images,
+    moving_image,
+    register_measures,
+    source_measures,
+)
+from clemalign.io import write_json
 from clemalign.runner import job
 from clemalign.transforms import Transform
 
@@ -11,24 +16,23 @@ smk = snakemake  # noqa: F821 - injected by Snakemake
 with job(smk) as log:
     case, source = smk.wildcards.case, smk.wildcards.source
     opts = smk.params.registration
-    tem, ppu = read_image(smk.input.em)
     fixed_path = smk.input.get("fixed_denoised", smk.input.lm)
-    fixed, fixed_ppu = read_image(fixed_path)
-    if abs(fixed_ppu - ppu) > 1e-6 * ppu:
-        raise ValueError(f"case {case}: {fixed_path} is at {fixed_ppu} px/um, the TEM at {ppu}")
-    predicted = read_image(smk.input.predicted)[0] if "predicted" in smk.input.keys() else None
-    weights = None
-    if "uncertainty" in smk.input.keys():  # eq. 12: trust where the prediction agrees
-        weights = 1.0 - read_image(smk.input.uncertainty)[0]
+    images = load_registration_images(
+        case,
+        smk.input.em,
+        fixed_path,
+        smk.input.get("predicted"),
+        smk.input.get("uncertainty"),  # eq. 12: trust where the prediction agrees
+    )
     start = Transform.load(smk.input.start).matrix
     measures = source_measures(source, opts["measures"], opts["weighted_ssd"])
     results = register_measures(
-        lambda measure: moving_image(source, measure, tem, predicted),
-        fixed,
+        lambda measure: moving_image(source, measure, images.tem, images.predicted),
+        images.fixed,
         start,
         measures,
-        ppu,
-        weights,
+        images.px_per_um,
+        images.weights,
         {"levels": opts["levels"], "bins": opts["bins"]},
     )
     for measure, result in results.items():

@@ -140,3 +140,21 @@ def test_register_measures_records_failures_and_capture_comes_back():
     trials.insert(0, "case", "c1")
     summary = capture_summary(trials)
     assert summary.loc[0, "success_rate"] == 1.0 and summary.loc[0, "trials"] == 3
+
+
+def test_registration_images_share_one_sampling(tmp_path):
+    from clemalign.evaluation import load_registration_images
+    from clemalign.io import write_tiff
+
+    image = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    write_tiff(tmp_path / "em.tif", image, 14.52)
+    write_tiff(tmp_path / "lm.tif", image, 14.52)
+    write_tiff(tmp_path / "lm_coarse.tif", image, 7.26)
+    write_tiff(tmp_path / "unc.tif", image, 14.52)
+    got = load_registration_images(
+        "c1", tmp_path / "em.tif", tmp_path / "lm.tif", uncertainty=tmp_path / "unc.tif"
+    )
+    assert got.px_per_um == pytest.approx(14.52) and got.predicted is None
+    np.testing.assert_allclose(got.weights, 1.0 - image, atol=1e-7)  # eq. 12: 1 - ω
+    with pytest.raises(ValueError, match=r"case c1: .*lm_coarse.tif is at 7.26"):
+        load_registration_images("c1", tmp_path / "em.tif", tmp_path / "lm_coarse.tif")

@@ -23,13 +23,16 @@ distance (um) to the ground-truth transform over the TEM grid.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from .io import read_image
 from .metrics import landmark_errors_um, mae_std
-from .register import grid_error_um, perturb_affine, register_affine
-from .transforms import fit_affine
+from .register import grid_error_um, perturb_affine, register_affine, weights_from_uncertainty
+from .sparse_analogy import confocal_in_em_frame
+from .transforms import Transform, fit_affine, warp_image
 
 #: Moving-image sources, in the order of the tables.
 SOURCES = ("sparse", "sparse_denoised", "hertzmann", "raw")
@@ -62,6 +65,81 @@ def moving_image(source: str, measure: str, tem: np.ndarray, predicted: np.ndarr
     if predicted is None:
         raise ValueError(f"source {source!r} needs a predicted image")
     return np.asarray(predicted, dtype=np.float64)
+
+
+@dataclass
+class RegistrationImages:
+    """What one (case, source) registers: all on the preprocessed sampling ``px_per_um``.
+
+    Attributes
+    ----------
+    tem : ndarray
+        The preprocessed TEM (moving grid).
+    fixed : ndarray
+        The confocal crop, or its denoised version for ``sparse_denoised``.
+    predicted : ndarray or None
+        The predicted confocal on the TEM grid (None for ``raw``).
+    weights : ndarray or None
+        Eq. 12 weights ``1 - uncertainty`` on the TEM grid (sparse sources only).
+    px_per_um : float
+    """
+
+    tem: np.ndarray
+    fixed: np.ndarray
+    predicted: np.ndarray | None
+    weights: np.ndarray | None
+    px_per_um: float
+
+
+def load_registration_images(
+    case: str,
+    em: str,
+    fixed: str,
+    predicted: str | None = None,
+    uncertainty: str | None = None,
+) -> RegistrationImages:
+    """Read the images of one registration and check they share one sampling.
+
+    Raises
+    ------
+    ValueError
+        Naming the case and the file whose px/um differs from the TEM's.
+    """
+    tem, ppu = read_image(em)
+    fixed_img, fixed_ppu = read_image(fixed)
+    if abs(fixed_ppu - ppu) > 1e-6 * ppu:
+        raise ValueError(f"case {case}: {fixed} is at {fixed_ppu} px/um, the TEM at {ppu}")
+    pred = None if predicted is None else read_image(predicted)[0]
+    weights = None if uncertainty is None else weights_from_uncertainty(read_image(uncertainty)[0])
+    return RegistrationImages(tem, fixed_img, pred, weights, ppu)
+
+
+def frame_ground_truth(frame: dict) -> np.ndarray | None:
+    """The true TEM um -> crop um matrix of a ``frame.json`` (synthetic data), else None."""
+    if "ground_truth" not in frame:
+        return None
+    return Transform.from_dict(frame["ground_truth"]).matrix
+
+
+def confocal_on_tem_grid(
+    tem: np.ndarray, confocal: np.ndarray, px_per_um: float, frame: dict, landmarks: pd.DataFrame
+) -> tuple[np.ndarray, str]:
+    """The confocal crop resampled onto the TEM grid, and what brought it there.
+
+    By the ground-truth TEM -> crop transform when ``frame`` (``frame.json``) has one
+    (synthetic data), otherwise by the affine fitted to the landmarks. NaN where the
+    confocal has no data.
+
+    Returns
+    -------
+    image : ndarray
+    reference : {"ground truth", "landmark affine"}
+    """
+    gt = frame_ground_truth(frame)
+    if gt is not None:
+        image = warp_image(confocal, px_per_um, np.linalg.inv(gt), tem.shape, px_per_um)
+        return image, "ground truth"
+    return confocal_in_em_frame(tem, confocal, px_per_um, landmarks), "landmark affine"
 
 
 def landmark_points(landmarks: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +290,11 @@ def capture_trials(
         ground-truth grid error when there is ground truth, else the landmark MAE),
         ``reference`` (which of the two), ``status``.
     """
-    shape = fixed.shape if not answers else np.asarray(moving_for(next(iter(answers)))).shape
+    columns = ["measure", "trial", "start_um", "to_answer_um", "success", "error_um", "status"]
+    reference = "ground truth" if ground_truth is not None else "landmarks"
+    if not answers:
+        return pd.DataFrame(columns=[*columns, "reference"])
+    shape = np.asarray(moving_for(next(iter(answers)))).shape  # the TEM grid
     centre = (shape[1] / (2 * px_per_um), shape[0] / (2 * px_per_um))
     starts = [
         perturb_affine(
@@ -250,9 +332,8 @@ def capture_trials(
             else:
                 row |= {"to_answer_um": np.nan, "success": False, "error_um": np.nan}
             rows.append(row)
-    columns = ["measure", "trial", "start_um", "to_answer_um", "success", "error_um", "status"]
     table = pd.DataFrame(rows, columns=columns)
-    table["reference"] = "ground truth" if ground_truth is not None else "landmarks"
+    table["reference"] = reference
     return table
 
 
