@@ -25,8 +25,9 @@ with job(smk) as log:
     )
     joint = reconstruct(tem, D1, D2, lam, gamma, size, opts["eq7_tol"], opts["eq7_max_iter"], log)
     log.info(
-        "eq. 7: %d iterations, %.1f s, optimality violation %.2e",
+        "eq. 7: %d iterations (%d full lasso steps), %.1f s, optimality violation %.2e",
         joint.info["iterations"],
+        joint.info["full_steps"],
         joint.info["seconds"],
         joint.info["kkt"],
     )

@@ -4,7 +4,9 @@ from scipy import sparse
 
 from clemalign._lasso_numba import OK, active_set_batch, lars_batch
 from clemalign.dictionary import (
+    _lasso_codes,
     lasso_codes,
+    lasso_codes_on_working_set,
     lasso_kkt_violation,
     lasso_lars,
     lasso_objective,
@@ -128,7 +130,9 @@ def test_compiled_paths_match_the_reference_including_degenerate_cases():
     zeros_i, zeros_v = np.zeros((n, 20), np.int32), np.zeros((n, 20))
     runs = {
         "homotopy": lars_batch(C, G, lam, 20),
-        "active set": active_set_batch(C, G, lam, zeros_i, zeros_v, np.zeros(n, np.int32), 64),
+        "active set": active_set_batch(
+            C, G, lam, zeros_i, zeros_v, np.zeros(n, np.int32), 64, np.empty((n, 0), np.int32)
+        ),
     }
     for name, (idx, val, nnz, status) in runs.items():
         assert (status == OK).mean() > 0.9, name  # the safety net is for rare cases only
@@ -159,3 +163,55 @@ def test_warm_start_reaches_the_same_optimum():
         A = lasso_codes(X, D, lam, warm=warm).toarray()
         assert lasso_kkt_violation(X, D, A, lam) < 1e-9
         np.testing.assert_allclose(A, cold.toarray(), atol=1e-10)
+
+
+def _per_patch_objective(X, D, A, lam):
+    R = X - D @ A
+    return 0.5 * (R * R).sum(axis=0) + lam * np.abs(A).sum(axis=0)
+
+
+def test_near_atoms_and_warm_violation_are_those_of_the_solution():
+    """The recorded near atoms are the off-support atoms with the largest |Dᵀ(x - Dα)| at
+    the exact solution, and the warm-start violation is the KKT violation of the warm
+    codes (computed independently here)."""
+    X, D = _patch_problem(seed=7, n=50)
+    lam, M = 0.1, 5
+    A, near, _ = _lasso_codes(X, D, lam, n_near=M)
+    A = A.toarray()
+    G = D.T @ (X - D @ A)
+    for i in range(X.shape[1]):
+        g = np.abs(G[:, i])
+        g[A[:, i] != 0] = 0.0
+        want = np.argsort(-g, kind="stable")[:M]
+        if (near[i] >= 0).all():
+            np.testing.assert_allclose(g[near[i]], g[want], rtol=1e-12)
+    warm = sparse.csc_matrix(A + 0.05 * (A != 0))  # right supports, wrong values
+    _, _, viol = _lasso_codes(X, D, lam, warm=warm, warm_kkt=True)
+    assert viol == pytest.approx(lasso_kkt_violation(X, D, warm.toarray(), lam) * lam, rel=1e-9)
+
+
+def test_working_set_step_is_exact_on_a_sufficient_set_and_never_worse():
+    """From the solution for X, a working-set step for perturbed patches X' (support plus
+    the near atoms) never raises any patch's lasso objective; where the exact solution
+    for X' lies inside the working set it finds it; with every atom in the set it is the
+    exact lasso for all patches."""
+    X, D = _patch_problem(seed=8, n=60)
+    lam, M = 0.1, 6
+    k = D.shape[1]
+    A, near, _ = _lasso_codes(X, D, lam, n_near=M)
+    X2 = X + 0.02 * np.random.default_rng(3).normal(size=X.shape)
+    exact = lasso_codes(X2, D, lam).toarray()
+    step = lasso_codes_on_working_set(np.ascontiguousarray(X2.T), D, lam, A, near).toarray()
+    before = _per_patch_objective(X2, D, A.toarray(), lam)
+    after = _per_patch_objective(X2, D, step, lam)
+    assert (after <= before + 1e-12).all()
+    inside = 0
+    for i in range(X.shape[1]):
+        ws = set(A[:, [i]].indices) | {j for j in near[i] if j >= 0}
+        if set(np.flatnonzero(exact[:, i])) <= ws:
+            inside += 1
+            np.testing.assert_allclose(step[:, i], exact[:, i], atol=1e-9)
+    assert inside > X.shape[1] // 2  # the test means something
+    everything = np.tile(np.arange(k, dtype=np.int32), (X.shape[1], 1))
+    full = lasso_codes_on_working_set(np.ascontiguousarray(X2.T), D, lam, A, everything)
+    np.testing.assert_allclose(full.toarray(), exact, atol=1e-9)

@@ -13,11 +13,17 @@ patches (one GEMM by the caller) and the Gram matrix ``G = DᵀD``:
   fallback for the rare patches where the active-set method stalls (singular supports).
   It ends with an exact solve on the final support and the same float64 check.
 
+* :func:`working_set_batch`: the same active-set method restricted to a few atoms per
+  patch (its support and the atoms nearest to entering, which :func:`active_set_batch`
+  records), with their correlations computed in the kernel: the cheap code step of
+  eq. 7. :func:`warm_violation` measures how far given codes are from optimal.
+
 A patch that a kernel cannot certify is FLAGGED for the caller's exact correction.
 
 Dictionary and images: :func:`atom_passes` (block-coordinate dictionary update),
-:func:`decode_rows` (``D @ codes`` from sparse codes), :func:`patches_into` and
-:func:`overlap_add` (patch extraction and overlap sums without strided copies).
+:func:`decode_rows` (``D @ codes`` from sparse codes), :func:`patches_into` (patch
+extraction without strided copies), :func:`decode_overlap` and :func:`residual_sq`
+(overlap sums and the patch residual of eq. 7 without storing the decoded patches).
 
 Patches are independent, so the parallel loops are deterministic whatever the number of
 threads (``numba.set_num_threads`` / ``NUMBA_NUM_THREADS``). All kernels are cached on
@@ -543,12 +549,16 @@ def active_set_batch(
     val0: np.ndarray,
     nnz0: np.ndarray,
     max_rounds: int,
+    near: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Warm-started active-set lasso for every row of ``C`` (correlations, (n, k)).
 
     ``idx0``/``val0`` (n, width) and ``nnz0`` (n,) give each patch's starting support and
     coefficients (e.g. the previous codes; ``nnz0 = 0`` starts from zero). Same outputs as
-    :func:`lars_batch`; FLAGGED patches should be recoded by the homotopy.
+    :func:`lars_batch`; FLAGGED patches should be recoded by the homotopy. ``near``
+    (n, M), written in place, receives for each certified patch the M off-support atoms
+    closest to entering (largest |optimality residual|, descending; -1 pads; M may be 0):
+    the working set of :func:`working_set_batch`.
     """
     n, k = C.shape
     width = idx0.shape[1]
@@ -585,6 +595,140 @@ def active_set_batch(
             )
             nnz[i] = s if st == OK else 0
             status[i] = st
+            if near.shape[1] > 0:
+                if st == OK:  # g holds the final residual correlations, 0 on the support
+                    _top_abs(g, near[i])
+                else:
+                    near[i, :] = -1
+    return idx, val, nnz, status
+
+
+@numba.njit(cache=True)
+def _top_abs(g: np.ndarray, out: np.ndarray) -> None:
+    """Indices of the len(out) largest |g| (descending), ignoring exact zeros; -1 pads."""
+    m = out.shape[0]
+    best = np.zeros(m)
+    for r in range(m):
+        out[r] = -1
+    for j in range(g.shape[0]):
+        v = abs(g[j])
+        if v > best[m - 1]:
+            r = m - 1
+            while r > 0 and v > best[r - 1]:
+                best[r] = best[r - 1]
+                out[r] = out[r - 1]
+                r -= 1
+            best[r] = v
+            out[r] = j
+
+
+@numba.njit(cache=True, fastmath=True)
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Σ a_t b_t, vectorised (reassociated sum; the same on every run and thread count)."""
+    v = 0.0
+    for t in range(a.shape[0]):
+        v += a[t] * b[t]
+    return v
+
+
+@numba.njit(cache=True, parallel=True)
+def working_set_batch(
+    Yt: np.ndarray,
+    Dt: np.ndarray,
+    G: np.ndarray,
+    lam: float,
+    idx0: np.ndarray,
+    val0: np.ndarray,
+    nnz0: np.ndarray,
+    near: np.ndarray,
+    max_rounds: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Lasso of every patch restricted to a working set of atoms (no full correlations).
+
+    Patch i (row ``Yt[i]``, length m) is coded exactly over the atoms W_i = its current
+    support (``idx0[i, :nnz0[i]]``, coefficients ``val0``) plus ``near[i]`` (the atoms
+    closest to entering at the last full step; -1 entries are ignored): the correlations
+    of those atoms only (``Dt[j] · y``, |W_i| x m operations instead of k x m), the Gram
+    block ``G[W_i, W_i]``, and :func:`_active_set_one` warm-started from the current
+    codes. Codes outside W_i stay zero, so the result minimises the lasso over a subspace
+    that contains the current codes: it never raises the objective, and it is the exact
+    lasso solution whenever no atom outside W_i violates the optimality conditions (which
+    only a full step can certify). Patches the kernel cannot solve keep their codes
+    (status FLAGGED). Returns idx, val (n, width), nnz (n,), status (n,) with global atom
+    indices, as :func:`active_set_batch`.
+    """
+    n, m = Yt.shape
+    width = idx0.shape[1]
+    n_near = near.shape[1]
+    q_max = width + n_near
+    idx = idx0.copy()
+    val = val0.copy()
+    nnz = nnz0.copy()
+    status = np.zeros(n, dtype=np.int8)
+    n_blocks = (n + _BLOCK - 1) // _BLOCK
+    for b in numba.prange(n_blocks):
+        cand = np.empty(q_max, dtype=np.int64)
+        c_loc = np.empty(q_max)
+        G_loc = np.empty((q_max, q_max))
+        idx_loc = np.empty(width, dtype=np.int32)
+        val_loc = np.empty(width)
+        g = np.empty(q_max)
+        L = np.zeros((width + 1, width + 1))
+        act = np.empty(width + 1, dtype=np.int64)
+        sgn = np.empty(width + 1)
+        beta = np.empty(width + 1)
+        new = np.empty(width + 1)
+        tmp = np.empty(width + 1)
+        for i in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
+            q = 0
+            for t in range(nnz0[i]):
+                if val0[i, t] != 0.0:
+                    cand[q] = idx0[i, t]
+                    idx_loc[q] = q
+                    val_loc[q] = val0[i, t]
+                    q += 1
+            s0 = q
+            for r in range(n_near):
+                j = near[i, r]
+                if j < 0:
+                    continue
+                dup = False
+                for t in range(s0):
+                    if cand[t] == j:
+                        dup = True
+                        break
+                if not dup:
+                    cand[q] = j
+                    q += 1
+            y = Yt[i]
+            for a in range(q):
+                c_loc[a] = _dot(Dt[cand[a]], y)
+                ga = G[cand[a]]
+                for b2 in range(q):
+                    G_loc[a, b2] = ga[cand[b2]]
+            s, st = _active_set_one(
+                c_loc[:q],
+                G_loc,
+                lam,
+                width,
+                s0,
+                idx_loc,
+                val_loc,
+                g,
+                L,
+                act,
+                sgn,
+                beta,
+                new,
+                tmp,
+                max_rounds,
+            )
+            status[i] = st
+            if st == OK:
+                for t in range(s):
+                    idx[i, t] = cand[idx_loc[t]]
+                    val[i, t] = val_loc[t]
+                nnz[i] = s
     return idx, val, nnz, status
 
 
@@ -647,21 +791,6 @@ def patches_into(image: np.ndarray, size: int, out: np.ndarray, col0: int) -> No
                     t += 1
 
 
-@numba.njit(cache=True)
-def overlap_add(patches_t: np.ndarray, col0: int, size: int, total: np.ndarray) -> None:
-    """Add window i (``patches_t[i, col0 : col0 + size²]``) back at its position."""
-    rows = total.shape[0] - size + 1
-    cols = total.shape[1] - size + 1
-    for r in range(rows):
-        for c in range(cols):
-            i = r * cols + c
-            t = col0
-            for dy in range(size):
-                for dx in range(size):
-                    total[r + dy, c + dx] += patches_t[i, t]
-                    t += 1
-
-
 @numba.njit(cache=True, parallel=True)
 def decode_rows(
     indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, Dt: np.ndarray
@@ -678,4 +807,117 @@ def decode_rows(
             d = Dt[indices[t]]
             for q in range(m):
                 row[q] += v * d[q]
+    return out
+
+
+@numba.njit(cache=True)
+def decode_overlap(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    Dt: np.ndarray,
+    size: int,
+    totals: np.ndarray,
+) -> None:
+    """Overlap sums of decoded patches without storing them: patch i (CSC column i of
+    the codes, window i in row-major order) is decoded as Σ_t data_t Dt[indices_t] and
+    its part h (rows h·size² … of the stacked atom) added into ``totals[h]`` (h, rows,
+    cols) at the window's position (in place)."""
+    n_img, rows_img, cols_img = totals.shape
+    rows = rows_img - size + 1
+    cols = cols_img - size + 1
+    m = Dt.shape[1]
+    buf = np.empty(m)
+    for r in range(rows):
+        for c in range(cols):
+            i = r * cols + c
+            for q in range(m):
+                buf[q] = 0.0
+            for t in range(indptr[i], indptr[i + 1]):
+                v = data[t]
+                d = Dt[indices[t]]
+                for q in range(m):
+                    buf[q] += v * d[q]
+            t = 0
+            for h in range(n_img):
+                img = totals[h]
+                for dy in range(size):
+                    for dx in range(size):
+                        img[r + dy, c + dx] += buf[t]
+                        t += 1
+
+
+@numba.njit(cache=True, parallel=True)
+def residual_sq(
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    data: np.ndarray,
+    Dt: np.ndarray,
+    images: np.ndarray,
+    size: int,
+) -> float:
+    """Σ_i ||y_i - D α_i||², y_i the stacked window i of ``images`` (h, rows, cols) and
+    α_i CSC column i of the codes, without storing the patches (deterministic sum)."""
+    n_img, rows_img, cols_img = images.shape
+    rows = rows_img - size + 1
+    cols = cols_img - size + 1
+    m = Dt.shape[1]
+    part = np.zeros(rows)
+    for r in numba.prange(rows):
+        buf = np.empty(m)
+        acc = 0.0
+        for c in range(cols):
+            i = r * cols + c
+            t = 0
+            for h in range(n_img):
+                for dy in range(size):
+                    for dx in range(size):
+                        buf[t] = images[h, r + dy, c + dx]
+                        t += 1
+            for t in range(indptr[i], indptr[i + 1]):
+                v = data[t]
+                d = Dt[indices[t]]
+                for q in range(m):
+                    buf[q] -= v * d[q]
+            acc += _dot(buf, buf)
+        part[r] = acc
+    total = 0.0
+    for r in range(rows):
+        total += part[r]
+    return total
+
+
+@numba.njit(cache=True, parallel=True)
+def warm_violation(
+    C: np.ndarray,
+    G: np.ndarray,
+    lam: float,
+    idx: np.ndarray,
+    val: np.ndarray,
+    nnz: np.ndarray,
+) -> np.ndarray:
+    """Largest violation of the lasso optimality conditions of given codes, per row of
+    the correlations ``C`` (n, k): with g = c - G α, |g_j - λ sign α_j| on the support
+    (``idx``/``val``/``nnz`` slots) and max(|g_j| - λ, 0) off it."""
+    n, k = C.shape
+    out = np.zeros(n)
+    for i in numba.prange(n):
+        g = C[i].copy()
+        for t in range(nnz[i]):
+            v = val[i, t]
+            if v != 0.0:
+                row = G[idx[i, t]]
+                for j in range(k):
+                    g[j] -= v * row[j]
+        worst = 0.0
+        for t in range(nnz[i]):
+            v = val[i, t]
+            if v != 0.0:
+                j = idx[i, t]
+                s = 1.0 if v > 0 else -1.0
+                worst = max(worst, abs(g[j] - lam * s))
+                g[j] = 0.0
+        for j in range(k):
+            worst = max(worst, abs(g[j]) - lam)
+        out[i] = worst
     return out

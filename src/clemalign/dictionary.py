@@ -50,6 +50,8 @@ from ._lasso_numba import (
     active_set_batch,
     atom_passes,
     lars_batch,
+    warm_violation,
+    working_set_batch,
 )
 
 LOG = logging.getLogger(__name__)
@@ -268,10 +270,15 @@ def _code_chunk(
     lam: float,
     max_active: int,
     warm: sparse.spmatrix | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n_near: int = 0,
+    warm_kkt: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Exact codes of p patches, as COO triplets (column, atom, value): float64
     correlations by one GEMM, the active-set kernel, the homotopy where it stalls, the
-    float64 correction where neither certifies the optimality conditions."""
+    float64 correction where neither certifies the optimality conditions. Also the
+    (p, n_near) atoms nearest to entering each support (-1 where the active-set kernel
+    did not certify the patch), and with ``warm_kkt`` the optimality violation of the
+    warm-start codes at these patches (:func:`warm_violation`)."""
     C = x64.T @ D64  # (p, k) correlations Dᵀx
     p = C.shape[0]
     width = max(1, min(max_active, _WIDTH))
@@ -293,7 +300,11 @@ def _code_chunk(
         idx0 = np.zeros((p, width), dtype=np.int32)
         val0 = np.zeros((p, width))
         nnz0 = np.zeros(p, dtype=np.int32)
-    idx, val, cnt, status = active_set_batch(C, G, float(lam), idx0, val0, nnz0, _ROUNDS)
+    near = np.empty((p, n_near), dtype=np.int32)
+    viol = None
+    if warm_kkt and warm is not None:
+        viol = warm_violation(C, G, float(lam), idx0, val0, nnz0)
+    idx, val, cnt, status = active_set_batch(C, G, float(lam), idx0, val0, nnz0, _ROUNDS, near)
     ok = status == OK
     emit(rows[ok], idx[ok], val[ok], cnt[ok])
     rows = rows[~ok]
@@ -334,6 +345,8 @@ def _code_chunk(
         cols[order],
         np.concatenate(out_i)[order].astype(np.int32) if out_c else np.zeros(0, np.int32),
         np.concatenate(out_v)[order] if out_c else np.zeros(0),
+        near,
+        viol,
     )
 
 
@@ -379,6 +392,25 @@ def lasso_codes(
     scipy.sparse.csc_matrix, shape (k, n), float64
         Codes; explicit zeros are never stored.
     """
+    return _lasso_codes(X, D, lam, chunk, max_active, gram, warm)[0]
+
+
+def _lasso_codes(
+    X: np.ndarray,
+    D: np.ndarray,
+    lam: float,
+    chunk: int = 8192,
+    max_active: int | None = None,
+    gram: np.ndarray | None = None,
+    warm: sparse.spmatrix | None = None,
+    n_near: int = 0,
+    warm_kkt: bool = False,
+) -> tuple[sparse.csc_matrix, np.ndarray, float | None]:
+    """:func:`lasso_codes`, and the (n, n_near) atoms nearest to entering each patch's
+    support at the solution (largest |Dᵀ(x - Dα)| off the support; -1 pads and marks
+    patches certified by the fallbacks), for :func:`lasso_codes_on_working_set`; with
+    ``warm_kkt`` (and ``warm``) also the largest optimality violation of the warm-start
+    codes at ``X`` (absolute, in the units of λ), from the same correlations."""
     D64 = np.ascontiguousarray(D, dtype=np.float64)
     m, k = D64.shape
     G = np.ascontiguousarray(D64.T @ D64 if gram is None else gram, dtype=np.float64)
@@ -387,13 +419,17 @@ def lasso_codes(
     n = X.shape[1]
     if warm is not None:
         warm = sparse.csc_matrix(warm)
-    cols, atoms, vals = [], [], []
+    cols, atoms, vals, nears = [], [], [], []
+    worst = None
     for s0 in range(0, n, chunk):
         x64 = np.asarray(X[:, s0 : s0 + chunk], dtype=np.float64)
         if not (x64.flags.c_contiguous or x64.flags.f_contiguous):
             x64 = np.ascontiguousarray(x64)  # BLAS needs one of the two layouts
         w = None if warm is None else warm[:, s0 : s0 + chunk]
-        c, i, v = _code_chunk(x64, D64, G, lam, max_active, w)
+        c, i, v, near, viol = _code_chunk(x64, D64, G, lam, max_active, w, n_near, warm_kkt)
+        nears.append(near)
+        if viol is not None:
+            worst = max(worst or 0.0, float(viol.max(initial=0.0)))
         cols.append(c + s0)
         atoms.append(i)
         vals.append(v)
@@ -402,7 +438,71 @@ def lasso_codes(
     np.cumsum(np.bincount(cols, minlength=n), out=indptr[1:])
     indices = np.concatenate(atoms) if atoms else np.zeros(0, np.int32)
     data = np.concatenate(vals) if vals else np.zeros(0)
-    return sparse.csc_matrix((data, indices, indptr), shape=(k, n))
+    near = np.vstack(nears) if nears else np.zeros((0, n_near), np.int32)
+    return sparse.csc_matrix((data, indices, indptr), shape=(k, n)), near, worst
+
+
+def lasso_codes_on_working_set(
+    Yt: np.ndarray,
+    D: np.ndarray,
+    lam: float,
+    codes: sparse.spmatrix,
+    near: np.ndarray,
+    gram: np.ndarray | None = None,
+) -> sparse.csc_matrix:
+    """Lasso of every patch over its working set only: its support in ``codes`` plus
+    its ``near`` atoms (:func:`clemalign._lasso_numba.working_set_batch`).
+
+    Costs |working set| x m per patch instead of the k x m of the correlations, and never
+    raises the lasso objective of any patch; it is exact only where no other atom enters,
+    which a call of :func:`lasso_codes` must certify.
+
+    Parameters
+    ----------
+    Yt : ndarray, shape (n, m)
+        Patches as rows (C order).
+    D : ndarray, shape (m, k)
+        Dictionary.
+    lam : float
+        λ.
+    codes : sparse matrix, shape (k, n)
+        Current codes (the warm start; kept where the kernel cannot solve a patch).
+    near : ndarray of int32, shape (n, M)
+        Extra atoms per patch (-1: none), e.g. from ``_lasso_codes(..., n_near=M)``.
+    gram : ndarray, optional
+        ``DᵀD``.
+
+    Returns
+    -------
+    scipy.sparse.csc_matrix, shape (k, n)
+    """
+    D64 = np.ascontiguousarray(D, dtype=np.float64)
+    k = D64.shape[1]
+    G = np.ascontiguousarray(D64.T @ D64 if gram is None else gram, dtype=np.float64)
+    codes = sparse.csc_matrix(codes)
+    nmax = int(np.diff(codes.indptr).max(initial=0))
+    width = max(_WIDTH, nmax + 16)
+    idx0, val0, nnz0 = _to_slots(codes, width)
+    idx, val, nnz, _ = working_set_batch(
+        np.ascontiguousarray(Yt, dtype=np.float64),
+        np.ascontiguousarray(D64.T),
+        G,
+        float(lam),
+        idx0,
+        val0,
+        nnz0,
+        np.ascontiguousarray(near, dtype=np.int32),
+        _ROUNDS,
+    )
+    n = idx.shape[0]
+    keep = np.arange(width)[None, :] < nnz[:, None]
+    keep &= val != 0.0
+    cols = np.broadcast_to(np.arange(n)[:, None], idx.shape)[keep]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cols, minlength=n), out=indptr[1:])
+    out = sparse.csc_matrix((val[keep], idx[keep], indptr), shape=(k, n))
+    out.sort_indices()
+    return out
 
 
 def lasso_lars(
