@@ -503,19 +503,7 @@ def _active_set_one(
                 g[j] -= bt * row[j]
         for t in range(s):
             g[act[t]] = 0.0  # on the support: checked by the solve
-        for r in range(_ADD):
-            best_v[r] = lam + tol
-            best_j[r] = -1
-        for j in range(k):
-            v = abs(g[j])
-            if v > best_v[_ADD - 1]:
-                r = _ADD - 1
-                while r > 0 and v > best_v[r - 1]:
-                    best_v[r] = best_v[r - 1]
-                    best_j[r] = best_j[r - 1]
-                    r -= 1
-                best_v[r] = v
-                best_j[r] = j
+        _top_abs(g[:k], lam + tol, best_v, best_j)  # g may be a longer work array
         if best_j[0] < 0:
             for t in range(s):
                 idx_out[t] = act[t]
@@ -575,6 +563,7 @@ def active_set_batch(
         beta = np.empty(width + 1)
         new = np.empty(width + 1)
         tmp = np.empty(width + 1)
+        best = np.empty(near.shape[1])
         for i in range(b * _BLOCK, min(n, (b + 1) * _BLOCK)):
             s, st = _active_set_one(
                 C[i],
@@ -597,18 +586,19 @@ def active_set_batch(
             status[i] = st
             if near.shape[1] > 0:
                 if st == OK:  # g holds the final residual correlations, 0 on the support
-                    _top_abs(g, near[i])
+                    _top_abs(g, 0.0, best, near[i])
                 else:
                     near[i, :] = -1
     return idx, val, nnz, status
 
 
 @numba.njit(cache=True)
-def _top_abs(g: np.ndarray, out: np.ndarray) -> None:
-    """Indices of the len(out) largest |g| (descending), ignoring exact zeros; -1 pads."""
+def _top_abs(g: np.ndarray, floor: float, best: np.ndarray, out: np.ndarray) -> None:
+    """Indices of the len(out) largest |g| above ``floor`` (descending) into ``out``, -1
+    where fewer exceed it; ``best`` (at least len(out) long) receives their |g|."""
     m = out.shape[0]
-    best = np.zeros(m)
     for r in range(m):
+        best[r] = floor
         out[r] = -1
     for j in range(g.shape[0]):
         v = abs(g[j])
