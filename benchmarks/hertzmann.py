@@ -68,7 +68,7 @@ def _case_from_disk(name: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _case_generated(name: str) -> tuple[np.ndarray, np.ndarray]:
-    from clemalign.phantom.tissue import make_analogy_case
+    from clemalign.phantom import make_analogy_case
     from clemalign.preprocess import prepare_analogy_pair
 
     case = make_analogy_case(2012, int(name[3:]) - 1, {})

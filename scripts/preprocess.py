@@ -10,7 +10,7 @@ from clemalign.preprocess import (
     to_unit_float,
 )
 from clemalign.runner import job
-from clemalign.transforms import Transform
+from clemalign.transforms import DeformationField, Transform
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
@@ -58,6 +58,12 @@ with job(smk) as log:
                 "lm (crop frame)",
                 "ground truth mapped into the crop frame",
             ).to_dict()
+            if "deformation" in truth:
+                field = DeformationField.from_dict(truth["deformation"])
+                crop_field = field.then(pair.lm_frame_from_confocal())
+                frame["ground_truth"]["method"] += " (least-squares affine of the field)"
+                frame["ground_truth_field"] = crop_field.to_dict()
+                frame["nonrigid_floor_rms_um"] = crop_field.floor_rms_um()
         log.info(
             "TEM %s -> %s, confocal crop %s um at origin %s um, start det %.4f",
             raw.em.shape,

@@ -6,8 +6,11 @@ import pytest
 
 from clemalign.phantom import make_analogy_case
 
-#: A small analogy case: fields a third of the default, coarser TEM.
+#: A small analogy case: fields a third of the default, coarser TEM, and the simple
+#: (2D, affine-only) phantom, which is fast; tests/test_phantom_realistic.py covers the
+#: realistic default.
 SMALL_ANALOGY = {
+    "model": "simple",
     "tem_px_per_um": 30.0,
     "tem_field_um": [8.0, 8.0],
     "confocal_field_um": [20.0, 20.0],

@@ -73,6 +73,7 @@ def test_paper_resolution_renders():
         1,
         0,
         {
+            "model": "simple",
             "tem_px_per_um": 582.24,
             "tem_field_um": [3.0, 3.0],
             "confocal_field_um": [8.0, 8.0],

@@ -17,7 +17,8 @@ is the confocal crop; transforms map TEM um to crop um. The *sources* are:
     ``fit``), the best the transformation model can do against them.
 
 Scores: the landmark MAE and STD (um) of the transform, and for synthetic cases the mean
-distance (um) to the ground-truth transform over the TEM grid.
+distance (um) to the ground truth over the TEM grid (the true deformation field of the
+realistic phantom, whose non-affine part no affine can remove).
 """
 
 from __future__ import annotations
@@ -27,12 +28,26 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from .io import read_image
 from .metrics import landmark_errors_um, mae_std
-from .register import grid_error_um, perturb_affine, register_affine, weights_from_uncertainty
+from .register import (
+    grid_error_um,
+    perturb_affine,
+    pixel_centres_um,
+    register_affine,
+    weights_from_uncertainty,
+)
 from .sparse_analogy import confocal_in_em_frame
-from .transforms import Transform, fit_affine, warp_image
+from .transforms import (
+    DeformationField,
+    Transform,
+    apply,
+    fit_affine,
+    warp_image,
+    xy_um_to_rc_px,
+)
 
 #: Moving-image sources, in the order of the tables.
 SOURCES = ("sparse", "sparse_denoised", "hertzmann", "raw")
@@ -114,11 +129,42 @@ def load_registration_images(
     return RegistrationImages(tem, fixed_img, pred, weights, ppu)
 
 
-def frame_ground_truth(frame: dict) -> np.ndarray | None:
-    """The true TEM um -> crop um matrix of a ``frame.json`` (synthetic data), else None."""
+def frame_ground_truth(frame: dict) -> np.ndarray | DeformationField | None:
+    """The true TEM um -> crop um mapping of a ``frame.json`` (synthetic data), else None.
+
+    The deformation field when the phantom had a non-rigid distortion (realistic model),
+    otherwise the affine matrix.
+    """
+    if "ground_truth_field" in frame:
+        return DeformationField.from_dict(frame["ground_truth_field"])
     if "ground_truth" not in frame:
         return None
     return Transform.from_dict(frame["ground_truth"]).matrix
+
+
+def truth_error_um(
+    matrix: np.ndarray,
+    truth: np.ndarray | DeformationField,
+    shape: tuple[int, int],
+    px_per_um: float,
+) -> float:
+    """Mean distance (um) over the TEM pixel grid between an affine and the truth.
+
+    Parameters
+    ----------
+    matrix : ndarray, shape (3, 3)
+        TEM um -> crop um.
+    truth : ndarray or DeformationField
+        The true mapping (an affine, or the non-rigid field of the realistic phantom;
+        then even the best affine keeps the field's non-affine part as error).
+    shape, px_per_um
+        TEM grid (rows, cols) and its sampling.
+    """
+    if not isinstance(truth, DeformationField):
+        return grid_error_um(matrix, truth, shape, px_per_um)
+    xy = pixel_centres_um(tuple(shape), px_per_um)
+    diff = apply(np.asarray(matrix, float), xy) - truth.apply(xy)
+    return float(np.mean(np.hypot(diff[:, 0], diff[:, 1])))
 
 
 def confocal_on_tem_grid(
@@ -126,9 +172,9 @@ def confocal_on_tem_grid(
 ) -> tuple[np.ndarray, str]:
     """The confocal crop resampled onto the TEM grid, and what brought it there.
 
-    By the ground-truth TEM -> crop transform when ``frame`` (``frame.json``) has one
-    (synthetic data), otherwise by the affine fitted to the landmarks. NaN where the
-    confocal has no data.
+    By the ground-truth TEM -> crop mapping when ``frame`` (``frame.json``) has one
+    (synthetic data; the deformation field where there is one), otherwise by the
+    affine fitted to the landmarks. NaN where the confocal has no data.
 
     Returns
     -------
@@ -136,6 +182,13 @@ def confocal_on_tem_grid(
     reference : {"ground truth", "landmark affine"}
     """
     gt = frame_ground_truth(frame)
+    if isinstance(gt, DeformationField):
+        xy = pixel_centres_um(tem.shape, px_per_um)
+        rc = xy_um_to_rc_px(gt.apply(xy), px_per_um).T
+        image = ndimage.map_coordinates(
+            np.asarray(confocal, np.float32), rc, order=1, mode="constant", cval=np.nan
+        )
+        return image.reshape(tem.shape), "ground truth"
     if gt is not None:
         image = warp_image(confocal, px_per_um, np.linalg.inv(gt), tem.shape, px_per_um)
         return image, "ground truth"
@@ -158,7 +211,7 @@ def landmark_fit(landmarks: pd.DataFrame) -> np.ndarray:
 def score(
     matrix: np.ndarray,
     landmarks: pd.DataFrame,
-    ground_truth: np.ndarray | None,
+    ground_truth: np.ndarray | DeformationField | None,
     shape: tuple[int, int],
     px_per_um: float,
 ) -> dict[str, float]:
@@ -170,8 +223,8 @@ def score(
         TEM um -> crop um.
     landmarks : DataFrame
         ``em_x_um, em_y_um`` (TEM frame) and ``lm_x_um, lm_y_um`` (crop frame).
-    ground_truth : ndarray or None
-        True TEM -> crop matrix (synthetic cases).
+    ground_truth : ndarray, DeformationField or None
+        True TEM -> crop mapping (synthetic cases).
     shape : (int, int)
         TEM grid (rows, cols) over which the ground-truth error is averaged.
     px_per_um : float
@@ -187,7 +240,7 @@ def score(
     mae, std = mae_std(errors)
     gt = float("nan")
     if ground_truth is not None:
-        gt = grid_error_um(matrix, ground_truth, shape, px_per_um)
+        gt = truth_error_um(matrix, ground_truth, shape, px_per_um)
     return {"mae_um": mae, "std_um": std, "gt_mean_um": gt}
 
 

@@ -286,3 +286,123 @@ def warp_image(
     rc = xy_um_to_rc_px(src, moving_px_per_um).T
     out = ndimage.map_coordinates(img, rc, order=order, mode="constant", cval=cval)
     return out.reshape(fixed_shape).astype(np.float32)
+
+
+@dataclass
+class DeformationField:
+    """A smooth, non-affine moving -> fixed mapping sampled on a regular grid (um).
+
+    ``phi(x) = affine @ x + residual(x)``: ``affine`` is the least-squares affine of the
+    mapping over the moving field (the best any affine method can do), ``residual`` is
+    what no affine explains, sampled at grid nodes ``origin_um + (col, row) *
+    spacing_um`` of the moving frame and interpolated by cubic splines in between
+    (clamped to the nearest node outside the grid).
+
+    Attributes
+    ----------
+    affine : ndarray, shape (3, 3)
+        Best-fitting affine, moving um -> fixed um.
+    origin_um : (float, float)
+        (x, y) of grid node (0, 0) in the moving frame, um.
+    spacing_um : float
+        Grid spacing, um.
+    residual_um : ndarray, shape (rows, cols, 2)
+        ``phi - affine`` at the nodes, (dx, dy) in fixed um.
+    field_um : (float, float)
+        (width, height) of the moving field over which ``affine`` was fitted, um.
+    """
+
+    affine: np.ndarray
+    origin_um: tuple[float, float]
+    spacing_um: float
+    residual_um: np.ndarray
+    field_um: tuple[float, float]
+
+    @classmethod
+    def from_mapping(
+        cls, mapping, field_um: tuple[float, float], spacing_um: float, margin_um: float
+    ) -> DeformationField:
+        """Sample a callable mapping (N, 2) -> (N, 2) um over a moving field (+ margin).
+
+        The best affine is fitted to the nodes inside the field, so it is the
+        least-squares affine of the mapping over the field.
+        """
+        w, h = field_um
+        xs = np.arange(-margin_um, w + margin_um + spacing_um / 2, spacing_um)
+        ys = np.arange(-margin_um, h + margin_um + spacing_um / 2, spacing_um)
+        gx, gy = np.meshgrid(xs, ys)
+        nodes = np.stack([gx.ravel(), gy.ravel()], 1)
+        mapped = np.asarray(mapping(nodes), dtype=float)
+        inside = (nodes[:, 0] >= 0) & (nodes[:, 0] <= w) & (nodes[:, 1] >= 0) & (nodes[:, 1] <= h)
+        affine = fit_affine(nodes[inside], mapped[inside])
+        residual = (mapped - apply(affine, nodes)).reshape(len(ys), len(xs), 2)
+        return cls(affine, (float(xs[0]), float(ys[0])), float(spacing_um), residual, (w, h))
+
+    def residual(self, points_xy: np.ndarray) -> np.ndarray:
+        """The non-affine part (N, 2) um at moving points (N, 2) um."""
+        from scipy import ndimage
+
+        pts = np.asarray(points_xy, dtype=float).reshape(-1, 2)
+        col = (pts[:, 0] - self.origin_um[0]) / self.spacing_um
+        row = (pts[:, 1] - self.origin_um[1]) / self.spacing_um
+        return np.stack(
+            [
+                ndimage.map_coordinates(
+                    self.residual_um[..., k], [row, col], order=3, mode="nearest"
+                )
+                for k in range(2)
+            ],
+            axis=1,
+        )
+
+    def apply(self, points_xy: np.ndarray) -> np.ndarray:
+        """Map moving points (N, 2) um to fixed points (N, 2) um."""
+        return apply(self.affine, points_xy) + self.residual(points_xy)
+
+    def then(self, matrix: np.ndarray) -> DeformationField:
+        """The mapping followed by an affine ``matrix`` (fixed um -> another frame's um)."""
+        matrix = np.asarray(matrix, dtype=float)
+        residual = self.residual_um @ matrix[:2, :2].T
+        return DeformationField(
+            matrix @ self.affine, self.origin_um, self.spacing_um, residual, self.field_um
+        )
+
+    def floor_rms_um(self) -> float:
+        """RMS (um) of the non-affine part over the moving field: no affine does better."""
+        rows, cols = self.residual_um.shape[:2]
+        x = self.origin_um[0] + np.arange(cols) * self.spacing_um
+        y = self.origin_um[1] + np.arange(rows) * self.spacing_um
+        inside = ((y >= 0) & (y <= self.field_um[1]))[:, None] & (
+            (x >= 0) & (x <= self.field_um[0])
+        )[None, :]
+        return float(np.sqrt(np.mean(np.sum(self.residual_um[inside] ** 2, axis=-1))))
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict (residuals rounded to 0.1 nm)."""
+        return {
+            "kind": "deformation_field",
+            "units": "um",
+            "direction": "moving_to_fixed",
+            "convention": "x_fixed = affine @ [x, y, 1] + residual(x, y); residual "
+            "(dx, dy) sampled at moving-frame nodes origin_um + (col, row) * spacing_um, "
+            "cubic-spline interpolated",
+            "affine": self.affine.tolist(),
+            "origin_um": list(self.origin_um),
+            "spacing_um": self.spacing_um,
+            "field_um": list(self.field_um),
+            "floor_rms_um": self.floor_rms_um(),
+            "residual_um": np.round(self.residual_um, 4).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DeformationField:
+        """Inverse of :meth:`to_dict`."""
+        if data.get("units", "um") != "um" or data.get("direction") != "moving_to_fixed":
+            raise ValueError("a deformation field must be in um, moving_to_fixed")
+        return cls(
+            np.asarray(data["affine"], dtype=float),
+            tuple(float(v) for v in data["origin_um"]),
+            float(data["spacing_um"]),
+            np.asarray(data["residual_um"], dtype=float),
+            tuple(float(v) for v in data["field_um"]),
+        )

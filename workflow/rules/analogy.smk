@@ -83,7 +83,7 @@ rule prediction_quality:
         ),
     params:
         cases=cases_of("analogy"),
-        psf_fwhm_um=config["synthetic"]["analogy"]["psf_fwhm_um"],
+        psf_fwhm_um=confocal_psf_fwhm_um(),
     log:
         f"{R}/logs/prediction_quality.log",
     benchmark:

@@ -167,3 +167,12 @@ def all_targets():
         if config["registration"]["capture_range"]["trials"] > 0:
             targets.append(f"{R}/tables/capture_range.csv")
     return targets
+
+
+def confocal_psf_fwhm_um():
+    """Lateral confocal PSF (FWHM, um) of the synthetic data's model: the blur of the
+    inverted-TEM predictor in the prediction-quality table."""
+    phantom = config["synthetic"]["analogy"]
+    if phantom.get("model", "realistic") == "realistic":
+        return phantom["realistic"]["lateral_fwhm_um"]
+    return phantom["psf_fwhm_um"]

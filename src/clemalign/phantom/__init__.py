@@ -7,8 +7,8 @@ Both are deterministic functions of ``(seed, index, params)``.
 """
 
 from ._common import SyntheticCase
+from .analogy import DEFAULT_ANALOGY_PARAMS, make_analogy_case
 from .beads import DEFAULT_FIDUCIAL_PARAMS, make_fiducial_case
-from .tissue import DEFAULT_ANALOGY_PARAMS, make_analogy_case
 
 __all__ = [
     "DEFAULT_ANALOGY_PARAMS",

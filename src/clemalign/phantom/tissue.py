@@ -1,4 +1,5 @@
-"""Synthetic TEM/confocal pairs of mouse-brain tissue with a known affine between them.
+"""The simple (2D) tissue model of the TEM/confocal phantom: one affine between the
+modalities, no depth (``synthetic.analogy.model: simple``; fast, for tests).
 
 The tissue is drawn once, as geometric objects in micrometres (the TEM frame), and
 rendered twice:
@@ -22,49 +23,21 @@ red and faintly in green, like myelin.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 
-from ..io import LANDMARK_COLUMNS
-from ..transforms import Transform, affine_matrix, apply
+from ..transforms import apply
 from ._common import (
-    SyntheticCase,
     ValueNoise,
     block_mean,
     coverage,
     ellipse_distance,
-    merge_params,
     poisson_gaussian,
     to_uint8,
 )
-
-#: Parameters of the TEM/confocal phantom; config.yaml overrides any of them.
-DEFAULT_ANALOGY_PARAMS: dict = {
-    "tem_px_per_um": 58.224,  # paper: 582.24 px/um (sec. 5.1); 10x coarser by default
-    "confocal_px_per_um": 7.588,  # paper, sec. 5.1
-    "tem_field_um": [13.8, 13.8],  # ~200 x 200 px at 14.52 px/um (paper, sec. 5.3)
-    "confocal_field_um": [42.0, 42.0],  # the TEM field is a small box inside it
-    "rotation_deg": [1.0, 4.0],  # |rotation| range of the ground-truth affine
-    "scale_range": 0.03,  # per-axis scale in 1 +- this
-    "shear_range": 0.03,  # shear factor in +- this
-    "translation_um": 1.0,  # offset from the nominal box position, magnitude
-    "mirror": False,  # mirror the TEM with respect to the confocal
-    "n_landmarks": [10, 15],  # paper: "about 10 ~ 15" pairs per case (sec. 5.3)
-    "annotator_noise_um": 0.1,  # RMS click error of a manual landmark, per image
-    "psf_fwhm_um": 0.25,  # lateral confocal resolution
-    "channel_offset_um": 0.1,  # red and blue offsets from green (chromatic aberration)
-    "photons": {"red": 12.0, "green": 40.0, "blue": 18.0},  # mean photons at signal 1
-    "read_noise": 2.0,  # grey levels
-    "tem_noise": 0.05,  # Gaussian noise of the TEM in [0, 1] units
-    "axon_radius_um": [0.15, 1.1],  # axon (inner) radius range, log-uniform
-    "g_ratio": [0.65, 0.82],  # inner/outer radius of myelinated axons
-    "nucleus_density_per_100um2": 0.6,
-    "rows_per_tile": 1024,  # TEM rendering strip height (memory bound)
-}
-
 
 # --------------------------------------------------------------------------- tissue
 
@@ -138,7 +111,7 @@ class Tissue:
     noise: dict[str, ValueNoise]
 
 
-def _make_tissue(
+def make_tissue(
     rng: np.random.Generator,
     bounds: tuple[float, float, float, float],
     tem_box: tuple[float, float, float, float],
@@ -311,25 +284,49 @@ class _Frame:
     """A pixel grid (or a strip of one) and its mapping into tissue um."""
 
     def __init__(
-        self, shape: tuple[int, int], px_per_um: float, to_tissue: np.ndarray, row0: int = 0
+        self,
+        shape: tuple[int, int],
+        px_per_um: float,
+        to_tissue: np.ndarray,
+        row0: int = 0,
+        warp: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+        warp_reach_um: float = 0.0,
     ) -> None:
         self.shape = shape
         self.ppu = px_per_um
         self.m = to_tissue
         self.inv = np.linalg.inv(to_tissue)
         self.row0 = row0
+        self.warp = warp  # image um -> displacement (dx, dy) um added before the affine
+        self.warp_reach = warp_reach_um  # largest |displacement|, um
+        self._full: tuple[np.ndarray, np.ndarray] | None = None
+
+    def cache(self) -> _Frame:
+        """Compute the tissue coordinates of every pixel once; :meth:`block` then slices."""
+        self._full = self._block(slice(0, self.shape[0]), slice(0, self.shape[1]))
+        return self
 
     def block(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        """Tissue (x, y) um of the pixel centres of a block (local rows, cols)."""
+        if self._full is not None:
+            return self._full[0][rows, cols], self._full[1][rows, cols]
+        return self._block(rows, cols)
+
+    def _block(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         r = (np.arange(rows.start, rows.stop) + self.row0 + 0.5) / self.ppu
         c = (np.arange(cols.start, cols.stop) + 0.5) / self.ppu
         x, y = np.meshgrid(c, r)
+        if self.warp is not None:
+            dx, dy = self.warp(x, y)
+            x, y = x + dx, y + dy
         xt = self.m[0, 0] * x + self.m[0, 1] * y + self.m[0, 2]
         yt = self.m[1, 0] * x + self.m[1, 1] * y + self.m[1, 2]
         return xt, yt
 
     def window(self, bbox: tuple[float, float, float, float]) -> tuple[slice, slice] | None:
         """Pixel window (local rows, cols) covering a tissue bounding box, or None."""
-        bx0, by0, bx1, by1 = bbox
+        reach = self.warp_reach
+        bx0, by0, bx1, by1 = bbox[0] - reach, bbox[1] - reach, bbox[2] + reach, bbox[3] + reach
         corners = apply(self.inv, np.array([[bx0, by0], [bx1, by0], [bx0, by1], [bx1, by1]]))
         cmin = int(np.floor(corners[:, 0].min() * self.ppu))
         cmax = int(np.ceil(corners[:, 0].max() * self.ppu)) + 1
@@ -361,16 +358,20 @@ def _paint(
     sub += alpha * (value - sub)
 
 
-def _render_tem_strip(t: Tissue, frame: _Frame) -> np.ndarray:
-    full = (slice(0, frame.shape[0]), slice(0, frame.shape[1]))
-    xt, yt = frame.block(*full)
-    pix = frame.pixel_um
+def _tem_background(t: Tissue, frame: _Frame) -> np.ndarray:
+    """Neuropil: grey level, membrane texture and fine grain (TEM, [0, 1])."""
+    xt, yt = frame.block(slice(0, frame.shape[0]), slice(0, frame.shape[1]))
     nz = t.noise
     img = 0.64 + 0.22 * (nz["neuropil"](xt, yt) - 0.5)
     memb = nz["membrane"](xt, yt) - 0.5
     img -= 0.22 * np.exp(-((memb / 0.018) ** 2))
     img += 0.10 * (nz["fine"](xt, yt) - 0.5)
+    return img
 
+
+def _paint_processes(img: np.ndarray, t: Tissue, frame: _Frame) -> None:
+    """Unmyelinated processes: membrane outline, light interior."""
+    pix, nz = frame.pixel_um, t.noise
     for i, win, x, y in _objects_in(frame, t.processes):
         d, _ = ellipse_distance(
             x,
@@ -382,6 +383,11 @@ def _render_tem_strip(t: Tissue, frame: _Frame) -> np.ndarray:
         )
         _paint(img, win, coverage(d, pix), 0.33)
         _paint(img, win, coverage(d + 0.012, pix), 0.74 + 0.05 * (nz["fine"](x, y) - 0.5))
+
+
+def _paint_mito(img: np.ndarray, t: Tissue, frame: _Frame) -> None:
+    """Mitochondria: dark double membrane, cristae."""
+    pix = frame.pixel_um
     for i, win, x, y in _objects_in(frame, t.mito):
         ang = t.mito.angle[i]
         d, _ = ellipse_distance(
@@ -391,6 +397,11 @@ def _render_tem_strip(t: Tissue, frame: _Frame) -> np.ndarray:
         cristae = 0.44 + 0.12 * np.cos(2 * np.pi * u / 0.07)
         _paint(img, win, coverage(d, pix), 0.24)
         _paint(img, win, coverage(d + 0.015, pix), cristae)
+
+
+def _paint_nuclei(img: np.ndarray, t: Tissue, frame: _Frame) -> None:
+    """Nuclei: envelope, nucleoplasm, peripheral and clumped heterochromatin."""
+    pix, nz = frame.pixel_um, t.noise
     for i, win, x, y in _objects_in(frame, t.nuclei):
         n = t.nuclei
         d, rho = ellipse_distance(
@@ -403,6 +414,11 @@ def _render_tem_strip(t: Tissue, frame: _Frame) -> np.ndarray:
         inner = 0.6 + 0.12 * (nz["fine"](x, y) - 0.5) - 0.34 * hetero
         _paint(img, win, coverage(d, pix), 0.3)
         _paint(img, win, coverage(d + 0.035, pix), inner)
+
+
+def _paint_axons(img: np.ndarray, t: Tissue, frame: _Frame) -> None:
+    """Myelinated axons cut across (2D model): dark sheath, light axoplasm."""
+    pix, nz = frame.pixel_um, t.noise
     for i, win, x, y in _objects_in(frame, t.axons):
         if not t.in_section[i]:
             continue
@@ -416,16 +432,27 @@ def _render_tem_strip(t: Tissue, frame: _Frame) -> np.ndarray:
         d_in = (rho - g) * min(ax.a[i], ax.b[i])
         axo = 0.77 + 0.07 * (nz["neuropil"](x, y) - 0.5)
         _paint(img, win, coverage(d_in, pix), axo)
+
+
+def _paint_lipo(img: np.ndarray, t: Tissue, frame: _Frame) -> None:
+    """Lipofuscin: dark granules with light lipid droplets."""
+    pix = frame.pixel_um
     for i, win, x, y in _objects_in(frame, t.lipo):
         lp = t.lipo
         d, _ = ellipse_distance(
             x, y, (lp.cx[i], lp.cy[i]), (lp.a[i], lp.b[i]), lp.angle[i], lp.wobble[i]
         )
         _paint(img, win, coverage(d, pix), 0.6 if t.lipo_droplet[i] else 0.15)
+
+
+def _render_tem_strip(t: Tissue, frame: _Frame) -> np.ndarray:
+    img = _tem_background(t, frame)
+    for painter in (_paint_processes, _paint_mito, _paint_nuclei, _paint_axons, _paint_lipo):
+        painter(img, t, frame)
     return img
 
 
-def _render_tem(
+def render_tem_2d(
     t: Tissue, shape: tuple[int, int], ppu: float, rng: np.random.Generator, p: dict
 ) -> np.ndarray:
     out = np.empty(shape, dtype=np.uint8)
@@ -448,7 +475,7 @@ def _render_tem(
     return out
 
 
-def _render_confocal(
+def render_confocal_2d(
     t: Tissue,
     shape: tuple[int, int],
     ppu: float,
@@ -510,163 +537,3 @@ def _render_confocal(
         signal = block_mean(chan, sup)[: shape[0], : shape[1]]
         channels[name] = poisson_gaussian(rng, signal, p["photons"][name], p["read_noise"], 4.0)
     return np.stack([channels["red"], channels["green"], channels["blue"]], axis=-1)
-
-
-# ------------------------------------------------------------------------ the case
-
-
-def _farthest_points(rng: np.random.Generator, pts: np.ndarray, k: int) -> np.ndarray:
-    chosen = [int(rng.integers(len(pts)))]
-    dist = np.hypot(*(pts - pts[chosen[0]]).T)
-    while len(chosen) < min(k, len(pts)):
-        nxt = int(np.argmax(dist))
-        chosen.append(nxt)
-        dist = np.minimum(dist, np.hypot(*(pts - pts[nxt]).T))
-    return np.array(chosen)
-
-
-def make_analogy_case(
-    seed: int, index: int, params: dict | None = None, name: str | None = None
-) -> SyntheticCase:
-    """Generate one TEM/confocal case of the image-analogy track.
-
-    Parameters
-    ----------
-    seed : int
-        Dataset seed; with ``index`` it fixes every random choice.
-    index : int
-        Case number within the dataset (0-based).
-    params : dict, optional
-        Overrides of :data:`DEFAULT_ANALOGY_PARAMS`.
-    name : str, optional
-        Case name (default ``temNN``).
-
-    Returns
-    -------
-    SyntheticCase
-        ``em`` = TEM (uint8, rows x cols at ``tem_px_per_um``), ``lm`` = confocal RGB
-        (uint8, rows x cols x 3 at ``confocal_px_per_um``), manual-like landmarks
-        (um, TEM and confocal frames) and the ground truth: the affine TEM um ->
-        confocal um, the nominal TEM box, the true landmark positions.
-    """
-    p = merge_params(DEFAULT_ANALOGY_PARAMS, params)
-    name = name or f"tem{index + 1:02d}"
-    rng = np.random.default_rng([seed, 100, index])
-    tem_ppu, lm_ppu = float(p["tem_px_per_um"]), float(p["confocal_px_per_um"])
-    tem_shape = (
-        int(round(p["tem_field_um"][1] * tem_ppu)),
-        int(round(p["tem_field_um"][0] * tem_ppu)),
-    )
-    lm_shape = (
-        int(round(p["confocal_field_um"][1] * lm_ppu)),
-        int(round(p["confocal_field_um"][0] * lm_ppu)),
-    )
-    tem_w, tem_h = tem_shape[1] / tem_ppu, tem_shape[0] / tem_ppu
-    lm_w, lm_h = lm_shape[1] / lm_ppu, lm_shape[0] / lm_ppu
-    if lm_w < tem_w * 1.5 or lm_h < tem_h * 1.5:
-        raise ValueError(
-            f"confocal field {lm_w:.1f} x {lm_h:.1f} um must be at least 1.5x the "
-            f"TEM field {tem_w:.1f} x {tem_h:.1f} um"
-        )
-
-    # Ground truth: TEM field centre -> nominal box centre, then a weak affine.
-    half_diag = 0.5 * np.hypot(tem_w, tem_h)
-    box_c = rng.uniform(
-        (half_diag + 1.5, half_diag + 1.5), (lm_w - half_diag - 1.5, lm_h - half_diag - 1.5)
-    )
-    tem_c = np.array([tem_w / 2, tem_h / 2])
-    rot = rng.uniform(*p["rotation_deg"]) * rng.choice([-1.0, 1.0])
-    scale = 1.0 + rng.uniform(-p["scale_range"], p["scale_range"], 2)
-    shear = rng.uniform(-p["shear_range"], p["shear_range"])
-    ang = rng.uniform(0, 2 * np.pi)
-    t_small = p["translation_um"] * np.array([np.cos(ang), np.sin(ang)])
-    gt = affine_matrix(
-        rot, tuple(scale), shear, tuple(box_c - tem_c + t_small), bool(p["mirror"]), tuple(tem_c)
-    )
-
-    # Tissue over the whole confocal field, in TEM (tissue) coordinates.
-    inv = np.linalg.inv(gt)
-    corners = apply(inv, np.array([[0, 0], [lm_w, 0], [0, lm_h], [lm_w, lm_h]]))
-    bounds = (*(corners.min(0) - 1.0), *(corners.max(0) + 1.0))
-    tissue = _make_tissue(rng, tuple(bounds), (0.0, 0.0, tem_w, tem_h), p)
-
-    tem = _render_tem(tissue, tem_shape, tem_ppu, rng, p)
-    confocal = _render_confocal(tissue, lm_shape, lm_ppu, inv @ np.eye(3), rng, p)
-
-    # Landmarks on salient structures that both modalities show.
-    ax = tissue.axons
-    big = tissue.in_section & (np.minimum(ax.a, ax.b) > 0.35)
-    cand = [
-        np.stack([ax.cx[big], ax.cy[big]], 1),
-        np.stack([tissue.nuclei.cx, tissue.nuclei.cy], 1),
-    ]
-    for g in np.unique(tissue.lipo_granule):
-        sel = tissue.lipo_granule == g
-        cand.append(np.array([[tissue.lipo.cx[sel].mean(), tissue.lipo.cy[sel].mean()]]))
-    k = int(rng.integers(p["n_landmarks"][0], p["n_landmarks"][1] + 1))
-    edge = min(0.7, 0.1 * min(tem_w, tem_h))
-
-    def inside(pts: np.ndarray) -> np.ndarray:
-        return pts[np.all((pts > edge) & (pts < np.array([tem_w, tem_h]) - edge), axis=1)]
-
-    cand = inside(np.concatenate(cand))
-    if len(cand) < k:  # small fields: smaller axons too, largest first
-        small = tissue.in_section & ~big
-        order = np.argsort(-np.minimum(ax.a, ax.b)[small])
-        extra = inside(np.stack([ax.cx[small], ax.cy[small]], 1)[order])
-        cand = np.concatenate([cand, extra[: k - len(cand)]])
-    if len(cand) < 3:
-        raise ValueError(
-            f"case {name}: the TEM field ({tem_w:.2f} x {tem_h:.2f} um) holds "
-            f"{len(cand)} salient structures; landmarks need at least 3"
-        )
-    true_em = cand[_farthest_points(rng, cand, k)]
-    sigma = p["annotator_noise_um"] / np.sqrt(2.0)  # per axis, so the RMS click error is as set
-    em_pts = true_em + rng.normal(0, sigma, true_em.shape)
-    lm_pts = apply(gt, true_em) + rng.normal(0, sigma, true_em.shape)
-    landmarks = pd.DataFrame(
-        {
-            "name": [f"L{i + 1:02d}" for i in range(len(true_em))],
-            "em_x_um": em_pts[:, 0],
-            "em_y_um": em_pts[:, 1],
-            "lm_x_um": lm_pts[:, 0],
-            "lm_y_um": lm_pts[:, 1],
-        }
-    )[LANDMARK_COLUMNS]
-
-    truth = {
-        "case": name,
-        "track": "analogy",
-        "seed": int(seed),
-        "index": int(index),
-        "transform": Transform(
-            gt,
-            moving="em",
-            fixed="lm",
-            method="ground truth (synthetic)",
-            extra={
-                "rotation_deg": rot,
-                "scale": scale.tolist(),
-                "shear": shear,
-                "translation_from_box_um": t_small.tolist(),
-            },
-        ).to_dict(),
-        "em_px_per_um": tem_ppu,
-        "lm_px_per_um": lm_ppu,
-        "em_shape": list(tem_shape),
-        "lm_shape": list(lm_shape),
-        "tem_box_center_in_lm_um": box_c.tolist(),
-        "landmarks_true_em_um": true_em.tolist(),
-        "landmarks_true_lm_um": apply(gt, true_em).tolist(),
-        "annotator_noise_um": p["annotator_noise_um"],
-        "counts": {
-            "myelinated_axons_in_section": int(tissue.in_section.sum()),
-            "myelinated_axons_out_of_section": int((~tissue.in_section).sum()),
-            "nuclei": len(tissue.nuclei),
-            "lipofuscin_granules": int(len(np.unique(tissue.lipo_granule))),
-            "mitochondria": len(tissue.mito),
-            "unmyelinated_processes": len(tissue.processes),
-        },
-        "params": p,
-    }
-    return SyntheticCase(name, tem, tem_ppu, confocal, lm_ppu, landmarks, truth)
