@@ -125,7 +125,9 @@ def test_stored_affine_is_the_least_squares_affine_of_the_field(case):
     # what no affine explains is as configured (0.1-0.3 um RMS by default)
     lo, hi = SMALL_REALISTIC.get("nonrigid_rms_um", (0.1, 0.3))
     assert lo * 0.8 < field.floor_rms_um() < hi * 1.2
-    assert case.ground_truth["nonrigid_floor_rms_um"] == pytest.approx(field.floor_rms_um(), rel=1e-4)
+    assert case.ground_truth["nonrigid_floor_rms_um"] == pytest.approx(
+        field.floor_rms_um(), rel=1e-4
+    )
 
 
 def test_best_affine_keeps_the_floor_as_ground_truth_error(case):
