@@ -60,12 +60,12 @@ DEFAULT_REALISTIC_PARAMS: dict = {
     "fibre_packing": 0.55,
     "nucleus_density_per_1000um3": 0.4,
     "slab_half_um": 3.5,
-    "stain_efficiency": [0.2, 1.0],
+    "stain_efficiency": [0.05, 1.0],
     "stain_saturation": 0.5,
     "neuropil_stain": 0.05,
     "haze": {"fraction": 0.1, "sigma_um": 2.0},
     "background": {"level": 0.03, "variation": 0.04, "scale_um": 12.0},
-    "photons": {"red": 100.0, "green": 200.0, "blue": 130.0},
+    "photons": {"red": 100.0, "green": 220.0, "blue": 130.0},
     "compression": [0.02, 0.08],
     "nonrigid_rms_um": [0.1, 0.3],
     "warp_wavelength_um": [5.0, 15.0],
@@ -479,8 +479,24 @@ def make_slab(
     tem_box: tuple[float, float, float, float],
     p: dict,
 ) -> Slab:
-    """Draw the 3D tissue over ``bounds`` (tissue um) and cut the TEM section over
-    ``tem_box`` (tissue um, the region the TEM field can show)."""
+    """Draw the 3D tissue and cut the TEM section.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    bounds : (xmin, ymin, xmax, ymax)
+        Tissue region (um, tissue frame) the confocal field can show.
+    tem_box : (xmin, ymin, xmax, ymax)
+        Tissue region (um) the distorted TEM field can show; TEM-only objects
+        (mitochondria, unmyelinated processes) are placed only there.
+    p : dict
+        Phantom parameters (:data:`clemalign.phantom.DEFAULT_ANALOGY_PARAMS`), with the
+        realistic model's physics under ``p["realistic"]``.
+
+    Returns
+    -------
+    Slab
+    """
     q = p["realistic"]
     x0, y0, x1, y1 = bounds
     noise = {
@@ -654,7 +670,28 @@ def render_tem(
     rng: np.random.Generator,
     p: dict,
 ) -> np.ndarray:
-    """The TEM section (uint8) in row strips, through the section's distortion."""
+    """Render the TEM image of the section.
+
+    Parameters
+    ----------
+    slab : Slab
+    shape : (int, int)
+        TEM image (rows, cols).
+    ppu : float
+        TEM sampling, px/um.
+    warp : SectionWarp
+        The section's distortion: the pixel at TEM ``x`` um shows tissue ``x + w(x)``.
+    warp_reach_um : float
+        Largest displacement of ``warp`` (pads the object windows).
+    rng : numpy.random.Generator
+    p : dict
+        Phantom parameters (``rows_per_tile``, ``tem_noise``, ``realistic``).
+
+    Returns
+    -------
+    ndarray of uint8, shape ``shape``
+        Rendered in strips of ``rows_per_tile`` rows, so any sampling fits in memory.
+    """
     q = p["realistic"]
     profile = _Profile("box", q["tem_section_um"])
     out = np.empty(shape, dtype=np.uint8)
@@ -693,8 +730,30 @@ def render_confocal(
     rng: np.random.Generator,
     p: dict,
 ) -> np.ndarray:
-    """The confocal RGB (uint8): the slab integrated through the axial PSF, lateral PSF,
-    haze, background, Poisson-Gaussian detector."""
+    """Render the confocal RGB image of the slab.
+
+    Green: myelin stain integrated through the axial PSF (closed form), nuclei
+    displacing it, weak neuropil stain, lipofuscin bleed-through, out-of-focus haze and a
+    slowly varying background; red: lipofuscin; blue: DAPI. Lateral PSF, chromatic
+    offsets of red and blue, Poisson-Gaussian detector.
+
+    Parameters
+    ----------
+    slab : Slab
+    shape : (int, int)
+        Confocal image (rows, cols).
+    ppu : float
+        Confocal sampling, px/um.
+    to_tissue : ndarray, shape (3, 3)
+        Confocal um -> tissue um (the inverse of the tissue -> confocal affine).
+    rng : numpy.random.Generator
+    p : dict
+        Phantom parameters (``channel_offset_um``, ``read_noise``, ``realistic``).
+
+    Returns
+    -------
+    ndarray of uint8, shape (rows, cols, 3)
+    """
     q = p["realistic"]
     sup = 2
     fshape = (shape[0] * sup, shape[1] * sup)
@@ -799,8 +858,25 @@ class SectionWarp:
 def make_warp(
     rng: np.random.Generator, field_um: tuple[float, float], q: dict
 ) -> tuple[SectionWarp, float]:
-    """A section distortion whose non-affine RMS over the field is drawn in
-    ``nonrigid_rms_um``; returns it and that RMS (um)."""
+    """Draw the distortion of the TEM section.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    field_um : (float, float)
+        TEM field (width, height), um.
+    q : dict
+        The realistic model's parameters (``compression``, ``nonrigid_rms_um``,
+        ``warp_wavelength_um``).
+
+    Returns
+    -------
+    warp : SectionWarp
+        Scaled so that what no affine explains has an RMS over the field drawn
+        uniformly in ``nonrigid_rms_um``.
+    rms_um : float
+        That RMS, um.
+    """
     w, h = field_um
     centre = np.array([w / 2, h / 2])
     ang = rng.uniform(0, 2 * np.pi)
