@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage, special
 
-from ._common import ValueNoise, block_mean, ellipse_distance, poisson_gaussian, to_uint8
+from ._common import ValueNoise, confocal_detector, ellipse_distance
 from .tissue import (
     Tissue,
     _Frame,
@@ -48,6 +48,8 @@ from .tissue import (
     _paint_processes,
     _tem_background,
     _wobbles,
+    place_neuropil,
+    render_strips,
 )
 
 #: Parameters of the realistic model (``synthetic.analogy.realistic`` in config.yaml).
@@ -425,12 +427,12 @@ def _fill_neuropil(
     occupied: np.ndarray,
     ppu: float,
 ) -> tuple[_Objects, _Objects]:
-    """Mitochondria and unmyelinated processes in the free space of the section."""
-    x0, y0, x1, y1 = box
-    area = (x1 - x0) * (y1 - y0)
+    """Mitochondria and unmyelinated processes in the free space of the section
+    (``occupied``: the section's fibres, nuclei and lipofuscin at ``ppu`` over ``box``)."""
+    x0, y0 = box[0], box[1]
     occ = occupied.copy()
 
-    def free(cx: float, cy: float, r: float) -> bool:
+    def free(cx: float, cy: float, r: float, _gap: float) -> bool:
         r0, r1 = int((cy - r - y0) * ppu), int(np.ceil((cy + r - y0) * ppu)) + 1
         c0, c1 = int((cx - r - x0) * ppu), int(np.ceil((cx + r - x0) * ppu)) + 1
         if r0 < 0 or c0 < 0 or r1 > occ.shape[0] or c1 > occ.shape[1]:
@@ -440,37 +442,7 @@ def _fill_neuropil(
         occ[r0:r1, c0:c1] = True
         return True
 
-    mito, proc = [], []
-    for _ in range(int(area * 0.9)):
-        c = rng.uniform((x0, y0), (x1, y1))
-        a = rng.uniform(0.22, 0.55)
-        if free(c[0], c[1], a):
-            mito.append((c[0], c[1], a, rng.uniform(0.09, 0.16)))
-    for _ in range(int(area * 3.0)):
-        c = rng.uniform((x0, y0), (x1, y1))
-        r = rng.uniform(0.06, 0.22)
-        if free(c[0], c[1], r):
-            proc.append((c[0], c[1], r))
-    mito = np.array(mito).reshape(-1, 4)
-    proc = np.array(proc).reshape(-1, 3)
-    return (
-        _Objects(
-            mito[:, 0],
-            mito[:, 1],
-            mito[:, 2],
-            mito[:, 3],
-            rng.uniform(0, np.pi, len(mito)),
-            _wobbles(rng, len(mito), 0.05),
-        ),
-        _Objects(
-            proc[:, 0],
-            proc[:, 1],
-            proc[:, 2],
-            proc[:, 2] * rng.uniform(0.75, 1, len(proc)),
-            rng.uniform(0, np.pi, len(proc)),
-            _wobbles(rng, len(proc), 0.1),
-        ),
-    )
+    return place_neuropil(rng, box, free)
 
 
 def make_slab(
@@ -694,32 +666,34 @@ def render_tem(
     """
     q = p["realistic"]
     profile = _Profile("box", q["tem_section_um"])
-    out = np.empty(shape, dtype=np.uint8)
-    blur_px = 0.008 * ppu  # ~8 nm imaging blur
-    halo = max(2, int(np.ceil(3 * blur_px)))
-    rows = int(p["rows_per_tile"])
     chatter_dir = rng.uniform(0, 2 * np.pi)
     chatter_period = rng.uniform(*q["chatter_period_um"])
     chatter_phase = rng.uniform(0, 2 * np.pi)
     nz = slab.noise
-    for r0 in range(0, shape[0], rows):
-        r1 = min(shape[0], r0 + rows)
-        a0, a1 = max(0, r0 - halo), min(shape[0], r1 + halo)
-        frame = _Frame((a1 - a0, shape[1]), ppu, np.eye(3), a0, warp, warp_reach_um).cache()
-        strip = _render_tem_strip_slab(slab, frame, profile)
-        strip = ndimage.gaussian_filter(strip, blur_px)[r0 - a0 : r0 - a0 + (r1 - r0)]
-        x, y = frame.block(slice(r0 - a0, r0 - a0 + (r1 - r0)), slice(0, shape[1]))
-        # optical density scales with stain uptake and section thickness (knife chatter)
+
+    def shade(strip: np.ndarray, frame: _Frame, _r0: int, _r1: int, inner: slice) -> np.ndarray:
+        """Optical density scales with stain uptake and section thickness (knife chatter)."""
+        x, y = frame.block(inner, slice(0, shape[1]))
         stain = 1.0 + q["tem_stain_variation"] * 2 * (nz["tem_stain"](x, y) - 0.5)
         along = x * np.cos(chatter_dir) + y * np.sin(chatter_dir)
         thick = 1.0 + q["tem_thickness_variation"] * (
             (nz["tem_thickness"](x, y) - 0.5)
             + 0.5 * np.sin(2 * np.pi * along / chatter_period + chatter_phase)
         )
-        strip = np.clip(strip, 0.02, 1.0) ** (stain * thick)
-        strip += rng.normal(0, p["tem_noise"], strip.shape).astype(np.float32)
-        out[r0:r1] = to_uint8(strip)
-    return out
+        return np.clip(strip, 0.02, 1.0) ** (stain * thick)
+
+    return render_strips(
+        shape,
+        ppu,
+        int(p["rows_per_tile"]),
+        lambda row0, rows: _Frame(
+            (rows, shape[1]), ppu, np.eye(3), row0, warp, warp_reach_um
+        ).cache(),
+        lambda frame: _render_tem_strip_slab(slab, frame, profile),
+        shade,
+        rng,
+        p["tem_noise"],
+    )
 
 
 def render_confocal(
@@ -807,19 +781,16 @@ def render_confocal(
     green = in_focus + haze + background
     red = 0.04 + np.clip(lipo, 0, 1)
     blue = np.clip(dapi, 0, 1) + 0.02
-    sigma = q["lateral_fwhm_um"] / 2.3548 * ppu * sup
-    offset_px = p["channel_offset_um"] * ppu * sup
-    channels = {}
-    for name, chan in (("red", red), ("green", green), ("blue", blue)):
-        chan = ndimage.gaussian_filter(chan.astype(np.float32), sigma)
-        if name != "green" and offset_px > 0:
-            ang = rng.uniform(0, 2 * np.pi)
-            chan = ndimage.shift(
-                chan, offset_px * np.array([np.sin(ang), np.cos(ang)]), order=1, mode="nearest"
-            )
-        signal = block_mean(chan, sup)[: shape[0], : shape[1]]
-        channels[name] = poisson_gaussian(rng, signal, q["photons"][name], p["read_noise"], 4.0)
-    return np.stack([channels["red"], channels["green"], channels["blue"]], axis=-1)
+    return confocal_detector(
+        rng,
+        {"red": red, "green": green, "blue": blue},
+        sup,
+        shape,
+        q["lateral_fwhm_um"] / 2.3548 * ppu * sup,
+        p["channel_offset_um"] * ppu * sup,
+        q["photons"],
+        p["read_noise"],
+    )
 
 
 # ------------------------------------------------------------------- distortion

@@ -32,10 +32,9 @@ from scipy import ndimage
 from ..transforms import apply
 from ._common import (
     ValueNoise,
-    block_mean,
+    confocal_detector,
     coverage,
     ellipse_distance,
-    poisson_gaussian,
     to_uint8,
 )
 
@@ -109,6 +108,53 @@ class Tissue:
     lipo_granule: np.ndarray  # granule id of each sub-disc
     processes: _Objects  # unmyelinated processes
     noise: dict[str, ValueNoise]
+
+
+def place_neuropil(
+    rng: np.random.Generator,
+    box: tuple[float, float, float, float],
+    free: Callable[[float, float, float, float], bool],
+) -> tuple[_Objects, _Objects]:
+    """Mitochondria and unmyelinated processes (TEM only), dart-thrown over ``box`` (um).
+
+    ``free(x, y, r, gap)`` says whether a disc fits (and reserves it when it does).
+
+    Returns
+    -------
+    mitochondria, processes : _Objects
+    """
+    x0, y0, x1, y1 = box
+    area = (x1 - x0) * (y1 - y0)
+    mito, proc = [], []
+    for _ in range(int(area * 0.9)):
+        c = rng.uniform((x0, y0), (x1, y1))
+        a = rng.uniform(0.22, 0.55)
+        if free(c[0], c[1], a, 0.03):
+            mito.append((c[0], c[1], a, rng.uniform(0.09, 0.16)))
+    for _ in range(int(area * 3.0)):
+        c = rng.uniform((x0, y0), (x1, y1))
+        r = rng.uniform(0.06, 0.22)
+        if free(c[0], c[1], r, 0.02):
+            proc.append((c[0], c[1], r))
+    mito = np.array(mito).reshape(-1, 4)
+    mitos = _Objects(
+        mito[:, 0],
+        mito[:, 1],
+        mito[:, 2],
+        mito[:, 3],
+        rng.uniform(0, np.pi, len(mito)),
+        _wobbles(rng, len(mito), 0.05),
+    )
+    proc = np.array(proc).reshape(-1, 3)
+    procs = _Objects(
+        proc[:, 0],
+        proc[:, 1],
+        proc[:, 2],
+        proc[:, 2] * rng.uniform(0.75, 1, len(proc)),
+        rng.uniform(0, np.pi, len(proc)),
+        _wobbles(rng, len(proc), 0.1),
+    )
+    return mitos, procs
 
 
 def make_tissue(
@@ -229,37 +275,13 @@ def make_tissue(
     stain = np.where(in_section, rng.uniform(0.55, 1.0, len(ax)), rng.uniform(0.2, 0.55, len(ax)))
 
     # Mitochondria and unmyelinated processes fill the neuropil (TEM only).
-    mito, proc = [], []
-    for _ in range(int(area * 0.9)):
-        c = rng.uniform((x0, y0), (x1, y1))
-        a = rng.uniform(0.22, 0.55)
-        if grid.free(c[0], c[1], a, 0.03):
-            grid.add(c[0], c[1], a)
-            mito.append((c[0], c[1], a, rng.uniform(0.09, 0.16)))
-    for _ in range(int(area * 3.0)):
-        c = rng.uniform((x0, y0), (x1, y1))
-        r = rng.uniform(0.06, 0.22)
-        if grid.free(c[0], c[1], r, 0.02):
-            grid.add(c[0], c[1], r)
-            proc.append((c[0], c[1], r))
-    mito = np.array(mito).reshape(-1, 4)
-    mitos = _Objects(
-        mito[:, 0],
-        mito[:, 1],
-        mito[:, 2],
-        mito[:, 3],
-        rng.uniform(0, np.pi, len(mito)),
-        _wobbles(rng, len(mito), 0.05),
-    )
-    proc = np.array(proc).reshape(-1, 3)
-    procs = _Objects(
-        proc[:, 0],
-        proc[:, 1],
-        proc[:, 2],
-        proc[:, 2] * rng.uniform(0.75, 1, len(proc)),
-        rng.uniform(0, np.pi, len(proc)),
-        _wobbles(rng, len(proc), 0.1),
-    )
+    def free(x: float, y: float, r: float, gap: float) -> bool:
+        if grid.free(x, y, r, gap):
+            grid.add(x, y, r)
+            return True
+        return False
+
+    mitos, procs = place_neuropil(rng, bounds, free)
     return Tissue(
         bounds,
         axons,
@@ -452,27 +474,63 @@ def _render_tem_strip(t: Tissue, frame: _Frame) -> np.ndarray:
     return img
 
 
+def render_strips(
+    shape: tuple[int, int],
+    ppu: float,
+    rows_per_tile: int,
+    frame_of: Callable[[int, int], _Frame],
+    paint: Callable[[_Frame], np.ndarray],
+    shade: Callable[[np.ndarray, _Frame, int, int, slice], np.ndarray],
+    rng: np.random.Generator,
+    noise: float,
+) -> np.ndarray:
+    """A TEM image rendered in row strips (bounded memory at any sampling).
+
+    Each strip, with a halo for the ~8 nm imaging blur, is painted on ``frame_of(row0,
+    rows)``, blurred, cropped, shaded by ``shade(strip, frame, r0, r1, rows_in_frame)``
+    (illumination, staining) and given Gaussian noise of ``noise`` ([0, 1] units).
+
+    Returns
+    -------
+    ndarray of uint8, shape ``shape``
+    """
+    out = np.empty(shape, dtype=np.uint8)
+    blur_px = 0.008 * ppu  # ~8 nm imaging blur
+    halo = max(2, int(np.ceil(3 * blur_px)))
+    for r0 in range(0, shape[0], rows_per_tile):
+        r1 = min(shape[0], r0 + rows_per_tile)
+        a0, a1 = max(0, r0 - halo), min(shape[0], r1 + halo)
+        frame = frame_of(a0, a1 - a0)
+        inner = slice(r0 - a0, r0 - a0 + (r1 - r0))
+        strip = ndimage.gaussian_filter(paint(frame), blur_px)[inner]
+        strip = shade(strip, frame, r0, r1, inner)
+        strip += rng.normal(0, noise, strip.shape).astype(np.float32)
+        out[r0:r1] = to_uint8(strip)
+    return out
+
+
 def render_tem_2d(
     t: Tissue, shape: tuple[int, int], ppu: float, rng: np.random.Generator, p: dict
 ) -> np.ndarray:
-    out = np.empty(shape, dtype=np.uint8)
+    """The simple model's TEM (uint8): the 2D tissue under a tilted illumination."""
     tilt = rng.normal(0, 1, 2)
     tilt = 0.08 * tilt / np.linalg.norm(tilt)
-    blur_px = 0.008 * ppu  # ~8 nm imaging blur
-    halo = max(2, int(np.ceil(3 * blur_px)))
-    rows = int(p["rows_per_tile"])
-    for r0 in range(0, shape[0], rows):
-        r1 = min(shape[0], r0 + rows)
-        a0, a1 = max(0, r0 - halo), min(shape[0], r1 + halo)
-        frame = _Frame((a1 - a0, shape[1]), ppu, np.eye(3), row0=a0)
-        strip = _render_tem_strip(t, frame)
-        strip = ndimage.gaussian_filter(strip, blur_px)[r0 - a0 : r0 - a0 + (r1 - r0)]
+
+    def shade(strip: np.ndarray, _frame: _Frame, r0: int, r1: int, _inner: slice) -> np.ndarray:
         yy = (np.arange(r0, r1) + 0.5)[:, None] / shape[0] - 0.5
         xx = (np.arange(shape[1]) + 0.5)[None, :] / shape[1] - 0.5
-        strip = strip * (1.0 + tilt[0] * xx + tilt[1] * yy)
-        strip += rng.normal(0, p["tem_noise"], strip.shape).astype(np.float32)
-        out[r0:r1] = to_uint8(strip)
-    return out
+        return strip * (1.0 + tilt[0] * xx + tilt[1] * yy)
+
+    return render_strips(
+        shape,
+        ppu,
+        int(p["rows_per_tile"]),
+        lambda row0, rows: _Frame((rows, shape[1]), ppu, np.eye(3), row0=row0),
+        lambda frame: _render_tem_strip(t, frame),
+        shade,
+        rng,
+        p["tem_noise"],
+    )
 
 
 def render_confocal_2d(
@@ -524,16 +582,13 @@ def render_confocal_2d(
     green += 0.07 + 0.06 * nz["myelin_bg"](xt, yt) + 0.35 * lipo
     red = 0.04 + 1.0 * lipo
     blue = np.clip(dapi, 0, 1) + 0.02
-    sigma = p["psf_fwhm_um"] / 2.3548 * ppu * sup
-    offset_px = p["channel_offset_um"] * ppu * sup
-    channels = {}
-    for name, chan in (("red", red), ("green", green), ("blue", blue)):
-        chan = ndimage.gaussian_filter(chan.astype(np.float32), sigma)
-        if name != "green" and offset_px > 0:
-            ang = rng.uniform(0, 2 * np.pi)
-            chan = ndimage.shift(
-                chan, offset_px * np.array([np.sin(ang), np.cos(ang)]), order=1, mode="nearest"
-            )
-        signal = block_mean(chan, sup)[: shape[0], : shape[1]]
-        channels[name] = poisson_gaussian(rng, signal, p["photons"][name], p["read_noise"], 4.0)
-    return np.stack([channels["red"], channels["green"], channels["blue"]], axis=-1)
+    return confocal_detector(
+        rng,
+        {"red": red, "green": green, "blue": blue},
+        sup,
+        shape,
+        p["psf_fwhm_um"] / 2.3548 * ppu * sup,
+        p["channel_offset_um"] * ppu * sup,
+        p["photons"],
+        p["read_noise"],
+    )
