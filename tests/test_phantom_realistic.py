@@ -185,3 +185,22 @@ def test_confocal_statistics_fall_in_the_real_ranges(case):
     stats = confocal_statistics(pair.lm, pair.px_per_um, pair.em, on_tem)
     for key, (lo, hi) in REAL_PAIR_RANGES.items():
         assert 0.75 * lo <= stats[key] <= 1.25 * hi, (key, stats[key], (lo, hi))
+
+
+@pytest.mark.parametrize("seed", [0, 3, 4])
+def test_small_fields_of_in_plane_fibres_still_get_landmarks(seed):
+    """Fields with few cross-cut structures fall back to any fibre cut and granule
+    (these seeds had fewer than 3 landmark candidates before the fallback)."""
+    params = {
+        "tem_px_per_um": 20.0,
+        "tem_field_um": [5.0, 5.0],
+        "confocal_field_um": [12.0, 12.0],
+        "n_landmarks": [3, 4],
+    }
+    case = make_analogy_case(seed, 0, params)
+    assert len(case.landmarks) >= 3
+    true_em = np.array(case.ground_truth["landmarks_true_em_um"])
+    assert np.all((true_em > 0) & (true_em < 5.0))
+    np.testing.assert_allclose(
+        _field(case).apply(true_em), case.ground_truth["landmarks_true_lm_um"], atol=2e-3
+    )

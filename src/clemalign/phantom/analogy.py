@@ -209,8 +209,12 @@ def _render_realistic(rng, p, bounds, tem_wh, tem_shape, lm_shape, gt):
     )
     edge = min(0.7, 0.1 * float(tem_wh.min()))
     inner_box = (edge - reach, edge - reach, tem_wh[0] - edge + reach, tem_wh[1] - edge + reach)
-    tissue_pts = realistic.landmark_candidates(slab, inner_box, int(p["n_landmarks"][1]))
+    wanted = int(p["n_landmarks"][1])
+    tissue_pts = realistic.landmark_candidates(slab, inner_box, wanted)
     candidates = _inside(realistic.invert_warp(warp, tissue_pts), tem_wh)
+    if len(candidates) < 3:  # fibres in the plane only: any cut and granule will do
+        tissue_pts = realistic.landmark_candidates(slab, inner_box, wanted, last_resort=True)
+        candidates = _inside(realistic.invert_warp(warp, tissue_pts), tem_wh)
     f = slab.fibres
     info = {
         "deformation": field,

@@ -900,12 +900,16 @@ def warp_reach_um(warp: SectionWarp, field_um: tuple[float, float]) -> float:
 
 
 def landmark_candidates(
-    slab: Slab, edge_box: tuple[float, float, float, float], wanted: int
+    slab: Slab,
+    edge_box: tuple[float, float, float, float],
+    wanted: int,
+    last_resort: bool = False,
 ) -> np.ndarray:
     """Tissue points (N, 2) in the section plane that both modalities show as the same
     centre, most salient first: fibres cut across or obliquely (the centre of their
     ellipse), nuclei cut near their equator, lipofuscin in the section; then, if fewer
-    than ``wanted``, smaller and more oblique fibre cuts."""
+    than ``wanted``, smaller and more oblique fibre cuts. With ``last_resort`` (a field
+    of fibres in the plane), any fibre cut and any lipofuscin section as well."""
     f = slab.fibres
     crossing = np.abs(f.p[:, 2]) < 1e-6  # anchored at their z = 0 crossing
     r_in = f.r_out * f.g_ratio
@@ -919,11 +923,14 @@ def landmark_candidates(
             crossing & (np.abs(f.v[:, 2]) > 0.3) & ~((np.abs(f.v[:, 2]) > 0.5) & (r_in > 0.25)), :2
         ],
     ]
+    if last_resort:
+        tiers.append(f.p[crossing & (np.abs(f.v[:, 2]) <= 0.3), :2])
+        tiers.append(np.column_stack([slab.section.lipo.cx, slab.section.lipo.cy]))
     x0, y0, x1, y1 = edge_box
     out = np.zeros((0, 2))
     for tier in tiers:
         keep = (tier[:, 0] > x0) & (tier[:, 0] < x1) & (tier[:, 1] > y0) & (tier[:, 1] < y1)
         out = np.concatenate([out, tier[keep]])
-        if len(out) >= wanted:
+        if len(out) >= wanted and not last_resort:
             break
-    return out
+    return np.unique(out, axis=0) if last_resort else out
