@@ -7,7 +7,7 @@ import pytest
 from clemalign.evaluation import confocal_on_tem_grid, truth_error_um
 from clemalign.phantom import make_analogy_case
 from clemalign.phantom.realism import REAL_PAIR_RANGES, confocal_statistics
-from clemalign.phantom.slab import _Profile, _tube_interval
+from clemalign.phantom.slab import DEFAULT_REALISTIC_PARAMS, _Profile, _tube_interval
 from clemalign.preprocess import prepare_analogy_pair
 from clemalign.register import pixel_centres_um
 from clemalign.transforms import DeformationField, affine_matrix, apply, fit_affine
@@ -123,7 +123,7 @@ def test_stored_affine_is_the_least_squares_affine_of_the_field(case):
     refit = fit_affine(pts, field.apply(pts))
     assert np.max(np.abs(apply(refit, pts) - apply(field.affine, pts))) < 0.01
     # what no affine explains is as configured (0.1-0.3 um RMS by default)
-    lo, hi = SMALL_REALISTIC.get("nonrigid_rms_um", (0.1, 0.3))
+    lo, hi = DEFAULT_REALISTIC_PARAMS["nonrigid_rms_um"]
     assert lo * 0.8 < field.floor_rms_um() < hi * 1.2
     assert case.ground_truth["nonrigid_floor_rms_um"] == pytest.approx(
         field.floor_rms_um(), rel=1e-4

@@ -190,7 +190,7 @@ def _inside(pts: np.ndarray, tem_wh: np.ndarray) -> np.ndarray:
 def _render_realistic(rng, p, bounds, tem_wh, tem_shape, lm_shape, gt):
     """3D slab, thin and thick sections, section distortion; truth = deformation field."""
     q = p["realistic"]
-    warp, floor = realistic.make_warp(rng, tuple(tem_wh), q)
+    warp = realistic.make_warp(rng, tuple(tem_wh), q)
     reach = realistic.warp_reach_um(warp, tuple(tem_wh))
     tem_box = (-reach - 1.0, -reach - 1.0, tem_wh[0] + reach + 1.0, tem_wh[1] + reach + 1.0)
     slab = realistic.make_slab(rng, bounds, tem_box, p)
@@ -221,7 +221,6 @@ def _render_realistic(rng, p, bounds, tem_wh, tem_shape, lm_shape, gt):
         "section_warp": {
             "cutting_direction": warp.cut.tolist(),
             "compression": warp.compression,
-            "nonrigid_rms_um_drawn": floor,
         },
         "counts": {
             "fibres": len(f),

@@ -30,10 +30,12 @@ block face before sectioning, z = 0 the plane of the TEM section):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage, special
 
+from ..transforms import apply, fit_affine, translation_matrix
 from ._common import ValueNoise, confocal_detector, ellipse_distance
 from .tissue import (
     Tissue,
@@ -173,14 +175,15 @@ class Slab:
         d = [(x + wx - sx) ** 2 + (y + wy - sy) ** 2 for sx, sy in self.bundle_seeds]
         return np.argmin(np.stack(d), axis=0)
 
+    @cached_property
+    def _bundle_raster(self) -> tuple[float, float, np.ndarray]:
+        """(x0, y0) um and the bundle index every 0.1 um over the tissue bounds."""
+        x0, y0, x1, y1 = self.noise["domain_x"].bounds_um
+        gx, gy = np.meshgrid(np.arange(x0, x1 + 0.1, 0.1), np.arange(y0, y1 + 0.1, 0.1))
+        return x0, y0, self.bundle_of(gx, gy).astype(np.int16)
+
     def bundle_lookup(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """:meth:`bundle_of` from a 0.1 um raster (fast, for rendering)."""
-        if not hasattr(self, "_bundle_raster"):
-            x0, y0, x1, y1 = self.noise["domain_x"].bounds_um
-            cols = np.arange(x0, x1 + 0.1, 0.1)
-            rows = np.arange(y0, y1 + 0.1, 0.1)
-            gx, gy = np.meshgrid(cols, rows)
-            self._bundle_raster = (x0, y0, self.bundle_of(gx, gy).astype(np.int16))
         x0, y0, raster = self._bundle_raster
         c = np.clip(np.rint((np.nan_to_num(x) - x0) / 0.1).astype(int), 0, raster.shape[1] - 1)
         r = np.clip(np.rint((np.nan_to_num(y) - y0) / 0.1).astype(int), 0, raster.shape[0] - 1)
@@ -414,7 +417,7 @@ def _section_fibre_mask(
     """Boolean occupancy (rows, cols) of the fibre cuts in the section over ``box``."""
     x0, y0, x1, y1 = box
     shape = (int(np.ceil((y1 - y0) * ppu)), int(np.ceil((x1 - x0) * ppu)))
-    frame = _Frame(shape, ppu, np.array([[1, 0, x0], [0, 1, y0], [0, 0, 1.0]]))
+    frame = _Frame(shape, ppu, translation_matrix(x0, y0))
     occ = np.zeros(shape, np.float32)
     for _i, win, sheath, axo, _x, _y in _myelin(frame, slab.fibres, profile, slab.bundle_lookup):
         occ[win] = np.maximum(occ[win], sheath + axo)
@@ -493,14 +496,12 @@ def make_slab(
     sec_nuclei, sec_clumps, sec_lipo, sec_droplet = _section_objects(slab, tem_profile.reach)
     occ_ppu = 20.0
     occupied = _section_fibre_mask(slab, tem_box, occ_ppu, tem_profile)
-    occ_frame = _Frame(
-        occupied.shape, occ_ppu, np.array([[1, 0, tem_box[0]], [0, 1, tem_box[1]], [0, 0, 1.0]])
-    )
+    occ_frame = _Frame(occupied.shape, occ_ppu, translation_matrix(tem_box[0], tem_box[1]))
     mask = occupied.astype(np.float32)
     for objs in (sec_nuclei, sec_lipo):
-        for _i, win, x, y in _objects_in(occ_frame, objs, pad=0.05):
-            inside = ((x - objs.cx[_i]) / (objs.a[_i] * 1.1)) ** 2 + (
-                (y - objs.cy[_i]) / (objs.b[_i] * 1.1)
+        for i, win, x, y in _objects_in(occ_frame, objs, pad=0.05):
+            inside = ((x - objs.cx[i]) / (objs.a[i] * 1.1)) ** 2 + (
+                (y - objs.cy[i]) / (objs.b[i] * 1.1)
             ) ** 2 < 1.3
             mask[win] = np.maximum(mask[win], inside)
     mito, procs = _fill_neuropil(rng, tem_box, mask > 0, occ_ppu)
@@ -826,9 +827,7 @@ class SectionWarp:
         return wx, wy
 
 
-def make_warp(
-    rng: np.random.Generator, field_um: tuple[float, float], q: dict
-) -> tuple[SectionWarp, float]:
+def make_warp(rng: np.random.Generator, field_um: tuple[float, float], q: dict) -> SectionWarp:
     """Draw the distortion of the TEM section.
 
     Parameters
@@ -842,11 +841,9 @@ def make_warp(
 
     Returns
     -------
-    warp : SectionWarp
+    SectionWarp
         Scaled so that what no affine explains has an RMS over the field drawn
         uniformly in ``nonrigid_rms_um``.
-    rms_um : float
-        That RMS, um.
     """
     w, h = field_um
     centre = np.array([w / 2, h / 2])
@@ -868,17 +865,11 @@ def make_warp(
     gx, gy = np.meshgrid(np.linspace(0, w, 41), np.linspace(0, h, 41))
     pts = np.stack([gx.ravel(), gy.ravel()], 1)
 
-    def nonaffine_rms(scale: float) -> float:
-        warp.scale = scale
-        dx, dy = warp(pts[:, 0], pts[:, 1])
-        moved = pts + np.stack([dx, dy], 1)
-        design = np.hstack([pts, np.ones((len(pts), 1))])
-        coef, *_ = np.linalg.lstsq(design, moved, rcond=None)
-        return float(np.sqrt(np.mean(np.sum((moved - design @ coef) ** 2, axis=1))))
-
-    unit = nonaffine_rms(1.0)
+    dx, dy = warp(pts[:, 0], pts[:, 1])  # at scale 1
+    moved = pts + np.stack([dx, dy], 1)
+    unit = np.sqrt(np.mean(np.sum((moved - apply(fit_affine(pts, moved), pts)) ** 2, axis=1)))
     warp.scale = target / unit  # the non-affine part is linear in the scale
-    return warp, nonaffine_rms(warp.scale)
+    return warp
 
 
 def invert_warp(warp: SectionWarp, tissue_xy: np.ndarray, iterations: int = 50) -> np.ndarray:
