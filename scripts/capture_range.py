@@ -11,6 +11,7 @@ from clemalign.evaluation import (
 )
 from clemalign.io import read_json, read_landmarks
 from clemalign.runner import job
+from clemalign.seeds import rng_for
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
@@ -31,7 +32,7 @@ with job(smk) as log:
         m: np.asarray(r["matrix"]) for m, r in answer["measures"].items() if r["status"] == "ok"
     }
     # The same perturbations for every source of a case: seeded by the case only.
-    rng = np.random.default_rng([smk.params.seed, 600, smk.params.index])
+    rng = rng_for(smk.params.seed, "capture_range", case)
     trials = capture_trials(
         lambda measure: moving_image(source, measure, images.tem, images.predicted),
         images.fixed,

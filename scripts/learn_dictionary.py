@@ -8,6 +8,7 @@ from clemalign.dictionary import lasso_lars, learn_dictionary
 from clemalign.figures import dictionary_figure
 from clemalign.preprocess import load_training_pairs
 from clemalign.runner import job
+from clemalign.seeds import rng_for
 from clemalign.sparse_analogy import training_patches
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -21,7 +22,7 @@ with job(smk) as log:
         opts["em_intensity"],
         opts["training_alignment"],
     )
-    rng = np.random.default_rng([smk.params.seed, 300, smk.params.index])
+    rng = rng_for(smk.params.seed, "dictionary", smk.wildcards.case)
     X = training_patches(pairs, opts["n_patches"], size, rng)
     log.info(
         "training cases %s: %d patch pairs of %dx%d px (TEM %s, confocal raw [0, 1], "

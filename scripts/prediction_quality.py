@@ -1,48 +1,73 @@
 """Rule prediction_quality: how well each predictor matches the real confocal image."""
 
+import numpy as np
 import pandas as pd
 from scipy import ndimage
 
 from clemalign.evaluation import confocal_on_tem_grid
 from clemalign.io import read_image, read_json, read_landmarks
 from clemalign.metrics import normalized_mutual_information, pearson_r
+from clemalign.phantom.realism import best_smoothed_inverted_tem
 from clemalign.runner import job
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
+FWHM_PER_SIGMA = 2.3548
+
+
+def inverted_tem_sigmas_um(tems, truths, ppu, psf_fwhm_um, log):
+    """Blur (sigma, um) of each case's inverted-TEM baseline: the configured PSF, or,
+    when none is given, the median best blur of the *other* cases (leave-one-out)."""
+    if psf_fwhm_um is not None:
+        return [psf_fwhm_um / FWHM_PER_SIGMA] * len(tems)
+    best = [
+        best_smoothed_inverted_tem(t, c, p)[0] for t, c, p in zip(tems, truths, ppu, strict=True)
+    ]
+    sigmas = [float(np.nanmedian(best[:i] + best[i + 1 :])) for i in range(len(best))]
+    log.info("inverted TEM: best blur per case %s um; leave-one-out sigmas %s um", best, sigmas)
+    return sigmas
+
+
 with job(smk) as log:
-    rows = []
-    psf_sigma_um = smk.params.psf_fwhm_um / 2.3548
-    for case, em_path, lm_path, frame_path, lmk_path, pred_path, dec_path, hz_path in zip(
-        smk.params.cases,
-        smk.input.em,
-        smk.input.lm,
-        smk.input.frame,
-        smk.input.landmarks,
-        smk.input.predicted,
-        smk.input.decoupled,
-        smk.input.hertzmann,
-        strict=True,
+    tems, ppus, confocals, references = [], [], [], []
+    for em_path, lm_path, frame_path, lmk_path in zip(
+        smk.input.em, smk.input.lm, smk.input.frame, smk.input.landmarks, strict=True
     ):
         tem, ppu = read_image(em_path)
         confocal, _ = read_image(lm_path)
-        frame = read_json(frame_path)
         # synthetic data: the true confocal on the TEM grid; user data: landmark affine
-        truth, reference = confocal_on_tem_grid(tem, confocal, ppu, frame, read_landmarks(lmk_path))
+        truth, reference = confocal_on_tem_grid(
+            tem, confocal, ppu, read_json(frame_path), read_landmarks(lmk_path)
+        )
+        tems.append(tem)
+        ppus.append(ppu)
+        confocals.append(truth)
+        references.append(reference)
+    sigmas = inverted_tem_sigmas_um(tems, confocals, ppus, smk.params.psf_fwhm_um, log)
+    rows = []
+    for i, (case, pred_path, dec_path, hz_path) in enumerate(
+        zip(
+            smk.params.cases,
+            smk.input.predicted,
+            smk.input.decoupled,
+            smk.input.hertzmann,
+            strict=True,
+        )
+    ):
         predictors = {
             "sparse": read_image(pred_path)[0],
             "sparse_decoupled": read_image(dec_path)[0],
             "hertzmann": read_image(hz_path)[0],
-            "inverted_tem": 1.0 - ndimage.gaussian_filter(tem, psf_sigma_um * ppu),
+            "inverted_tem": 1.0 - ndimage.gaussian_filter(tems[i], sigmas[i] * ppus[i]),
         }
         for name, image in predictors.items():
             rows.append(
                 {
                     "case": case,
                     "predictor": name,
-                    "pearson_r": pearson_r(image, truth),
-                    "nmi": normalized_mutual_information(image, truth),
-                    "reference": reference,
+                    "pearson_r": pearson_r(image, confocals[i]),
+                    "nmi": normalized_mutual_information(image, confocals[i]),
+                    "reference": references[i],
                 }
             )
     table = pd.DataFrame(rows)

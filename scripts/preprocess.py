@@ -15,7 +15,7 @@ from clemalign.transforms import DeformationField, Transform
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
 with job(smk) as log:
-    case, opts = smk.params.case, smk.params.preprocess
+    case = smk.params.case
     raw = load_case_inputs(case)
     frame = {
         "case": case["name"],
@@ -27,6 +27,7 @@ with job(smk) as log:
     truth = read_json(smk.input.ground_truth) if "ground_truth" in smk.input.keys() else None
     gt = Transform.from_dict(truth["transform"]) if truth else None
     if case["track"] == "analogy":
+        opts = smk.params.preprocess
         pair = prepare_analogy_pair(
             raw.em,
             raw.em_px_per_um,
@@ -35,7 +36,7 @@ with job(smk) as log:
             raw.landmarks,
             case["channel"],
             opts["px_per_um"],
-            opts.get("margin_um", 3.0),
+            opts["margin_um"],
         )
         write_tiff(smk.output.em, pair.em, pair.px_per_um, {"case": case["name"], "frame": "em"})
         write_tiff(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,18 +116,25 @@ ANALOGY += [
 ]
 
 
-@pytest.mark.workflow
-def test_tiny_run_produces_every_output_deterministically(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny config run twice, in two folders: the two results folders."""
+    root = tmp_path_factory.mktemp("tiny")
     runs = []
     for name in ("a", "b"):
-        result = snakemake(tmp_path / name, config=TINY)
+        result = snakemake(root / name, config=TINY)
         assert result.returncode == 0, result.stderr[-3000:]
-        out = tmp_path / name / "out"
+        runs.append(root / name / "out")
+    return runs[0], runs[1]
+
+
+@pytest.mark.workflow
+def test_tiny_run_produces_every_output_deterministically(tiny_runs):
+    a, b = tiny_runs
+    for out in (a, b):
         expected = _expected("tem01", "analogy") + _expected("sem01", "fiducial") + TABLES
         for rel in expected + ANALOGY:
             assert (out / rel).is_file(), f"missing {rel}"
-        runs.append(out)
-    a, b = runs
     em, ppu = read_image(a / "preprocessed/tem01/em.tif")
     assert ppu == pytest.approx(14.52)
     assert em.shape == (round(8.0 * 14.52),) * 2
@@ -191,6 +199,72 @@ def test_tiny_run_produces_every_output_deterministically(tmp_path):
         "preprocessed/tem01/landmarks.csv",
     ):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def _planned_rules(workdir: Path, config: str) -> set[str]:
+    """Rules a dry run in ``workdir`` would run with ``config``."""
+    result = snakemake(workdir, "-n", "--quiet", "rules", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    return {rule for rule in RULES if re.search(rf"^{rule}\s+\d+", text, re.M)}
+
+
+RULES = (
+    "phantom_analogy",
+    "preprocess_analogy",
+    "learn_dictionary",
+    "predict_sparse",
+    "predict_hertzmann",
+    "register",
+    "capture_range",
+    "table2",
+)
+
+
+@pytest.mark.workflow
+def test_a_changed_setting_reruns_only_the_rules_that_use_it(tiny_runs, tmp_path):
+    workdir = tiny_runs[0].parent
+    try:
+        assert _planned_rules(workdir, TINY) == set()
+        # eq. 7's tolerance: the prediction and what follows, not the dictionaries
+        eq7 = TINY.replace("eq7_max_iter: 5}", "eq7_max_iter: 5, eq7_tol: 1.0e-3}")
+        planned = _planned_rules(workdir, eq7)
+        assert {"predict_sparse", "register", "table2"} <= planned
+        assert not planned & {"phantom_analogy", "preprocess_analogy", "learn_dictionary"}
+        assert "predict_hertzmann" not in planned
+        # capture range trials: the capture range only
+        trials = TINY.replace("trials: 2}", "trials: 3}")
+        planned = _planned_rules(workdir, trials)
+        assert "capture_range" in planned and "register" not in planned
+    finally:
+        (workdir / "test_config.yaml").write_text(TINY)
+
+
+@pytest.mark.workflow
+def test_case_sheet_order_does_not_change_tables(tiny_runs, tmp_path):
+    """Seeds come from case names: the tiny run's data as a case sheet, rows reversed,
+    gives byte-identical tables."""
+    a = tiny_runs[0]
+    rows = ["case\ttrack\tem\tlm\tlandmarks\tchannel\tground_truth"]
+    for case, track, channel in (
+        ("sem01", "fiducial", "gray"),
+        ("tem02", "analogy", "green"),
+        ("tem01", "analogy", "green"),
+    ):
+        files = [str(a / "data" / case / f) for f in ("em.tif", "lm.tif", "landmarks.csv")]
+        gt = str(a / "data" / case / "ground_truth.json")
+        rows.append("\t".join([case, track, *files, channel, gt]))
+    sheet = tmp_path / "cases.tsv"
+    sheet.write_text("\n".join(rows) + "\n")
+    # the phantom's PSF for the inverted-TEM baseline, as the synthetic run used
+    config = TINY.replace("eq7_max_iter: 5}", "eq7_max_iter: 5, confocal_psf_fwhm_um: 0.7}")
+    config += f"data: {{source: sheet, case_sheet: {sheet}}}\n"
+    result = snakemake(tmp_path / "wd", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    c = tmp_path / "wd" / "out"
+    for rel in TABLES:
+        if rel.endswith((".csv", ".md", ".tex")):
+            assert (a / rel).read_bytes() == (c / rel).read_bytes(), rel
 
 
 @pytest.mark.workflow

@@ -76,7 +76,8 @@ def synthetic_cases(config: dict, results: str = "results") -> list[Case]:
     n_fiducial = int(syn.get("fiducial", {}).get("n_cases", len(views)))
     channel = config.get("preprocess", {}).get("channel", "green")
     cases = []
-    for track, prefix, n in (("analogy", "tem", n_analogy), ("fiducial", "sem", n_fiducial)):
+    for track, n in (("analogy", n_analogy), ("fiducial", n_fiducial)):
+        prefix = SYNTHETIC_PREFIXES[track]
         for i in range(n):
             name = f"{prefix}{i + 1:02d}"
             base = f"{results}/data/{name}"
@@ -95,6 +96,22 @@ def synthetic_cases(config: dict, results: str = "results") -> list[Case]:
                 )
             )
     return cases
+
+
+SYNTHETIC_PREFIXES = {"analogy": "tem", "fiducial": "sem"}
+
+
+def synthetic_number(name: str) -> int:
+    """The phantom index of a synthetic case, from its name: ``tem03`` -> 2.
+
+    The phantom of a synthetic case is seeded by this number (and the dataset seed), so
+    ``tem03`` is the same field whatever the other cases are.
+    """
+    for prefix in SYNTHETIC_PREFIXES.values():
+        digits = name[len(prefix) :]
+        if name.startswith(prefix) and digits.isdigit() and int(digits) > 0:
+            return int(digits) - 1
+    raise ValueError(f"{name!r} is not a synthetic case name (temNN or semNN)")
 
 
 def _parse_number(value: str, key: str) -> float | None:

@@ -1,16 +1,24 @@
-"""Figures that a person looks at (all axes in um)."""
+"""Figures that a person looks at (all axes in um).
+
+Built with the object-oriented API (:class:`matplotlib.figure.Figure`, no pyplot), so
+importing this module touches no global state: the user's backend (e.g. in a notebook)
+and pyplot's figure registry are left alone, and ``Figure.savefig`` renders through the
+output format's own canvas (Agg for PNG) whatever the backend is.
+"""
 
 from __future__ import annotations
 
-import matplotlib
+from typing import TYPE_CHECKING
 
-matplotlib.use("Agg")
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.figure import Figure
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from .transforms import apply
 
-from .transforms import apply  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
 def _extent(shape: tuple[int, ...], px_per_um: float) -> tuple[float, float, float, float]:
@@ -33,14 +41,14 @@ def _stretch(image: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
 
 
-def _outline(ax: plt.Axes, matrix: np.ndarray, width: float, height: float, **style) -> None:
+def _outline(ax: Axes, matrix: np.ndarray, width: float, height: float, **style) -> None:
     corners = np.array([[0, 0], [width, 0], [width, height], [0, height], [0, 0]], dtype=float)
     mapped = apply(matrix, corners)
     ax.plot(mapped[:, 0], mapped[:, 1], **style)
 
 
-def _landmarks(ax: plt.Axes, xy: np.ndarray, numbered: bool = True) -> None:
-    colours = plt.cm.tab20(np.arange(len(xy)) % 20)
+def _landmarks(ax: Axes, xy: np.ndarray, numbered: bool = True) -> None:
+    colours = colormaps["tab20"](np.arange(len(xy)) % 20)
     ax.scatter(xy[:, 0], xy[:, 1], s=40, facecolors="none", edgecolors=colours, linewidths=1.5)
     if numbered:
         for i, (x, y) in enumerate(xy):
@@ -91,7 +99,8 @@ def case_figure(
         3x3 maps EM um -> raw LM um, drawn as the EM footprint (solid: rough start from
         the landmarks; dashed: ground truth).
     """
-    fig, axes = plt.subplots(2, 2, figsize=(11, 10.5))
+    fig = Figure(figsize=(11, 10.5))
+    axes = fig.subplots(2, 2)
     em_w = raw_em.shape[1] / raw_em_px_per_um
     em_h = raw_em.shape[0] / raw_em_px_per_um
 
@@ -149,7 +158,6 @@ def case_figure(
         ax.set_ylabel("y (um)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def fiducial_figure(
@@ -192,7 +200,8 @@ def fiducial_figure(
     from .transforms import warp_image
 
     outcome = result.outcomes[method]
-    fig, axes = plt.subplots(2, 3, figsize=(16, 10.5))
+    fig = Figure(figsize=(16, 10.5))
+    axes = fig.subplots(2, 3)
     ax = axes.ravel()
     matched_src = outcome.pairs_src_um if outcome.matrix is not None else np.zeros((0, 2))
     ax[0].imshow(_stretch(em), cmap="gray", extent=_extent(em.shape, em_px_per_um))
@@ -310,7 +319,6 @@ def fiducial_figure(
         a.set_ylabel("y (um)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def dictionary_figure(
@@ -338,14 +346,14 @@ def dictionary_figure(
             ] = atom
         return tiles
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 6.3))
+    fig = Figure(figsize=(12, 6.3))
+    axes = fig.subplots(1, 2)
     for ax, D, title in ((axes[0], D1, "TEM dictionary"), (axes[1], D2, "confocal dictionary")):
         ax.imshow(mosaic(D), cmap="gray", interpolation="nearest")
         ax.set_title(f"{case}: {title} ({k} of {D.shape[1]} atoms, {size}x{size} px)", fontsize=9)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def analogy_figure(
@@ -371,7 +379,8 @@ def analogy_figure(
         ("(c) original IA result", hertzmann),
         ("(d) proposed (sparse) IA result", sparse),
     ]
-    fig, axes = plt.subplots(1, 5, figsize=(18, 3.9))
+    fig = Figure(figsize=(18, 3.9))
+    axes = fig.subplots(1, 5)
     extent = _extent(tem.shape, px_per_um)
     for ax, (title, image) in zip(axes, panels, strict=False):
         if image is None:
@@ -396,7 +405,6 @@ def analogy_figure(
     axes[0].set_ylabel("y (um)")
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
 
 
 def _composite(fixed: np.ndarray, warped: np.ndarray) -> np.ndarray:
@@ -449,7 +457,8 @@ def registration_figure(
 
     measures = list(dict.fromkeys(m for by in results.values() for m in by))
     rows, cols = len(results), 1 + len(measures)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False)
+    fig = Figure(figsize=(3.2 * cols, 3.3 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     extent = _extent(fixed.shape, px_per_um)
     for r, (source, by_measure) in enumerate(results.items()):
         image = moving[source]
@@ -472,16 +481,16 @@ def registration_figure(
     fig.suptitle(f"{case}: confocal (magenta) and moving image (green) before and after")
     fig.tight_layout()
     fig.savefig(path, dpi=70)
-    plt.close(fig)
 
 
 def registration_errors_plot(path: str, long: pd.DataFrame) -> None:
     """Landmark MAE (um, log scale) per case for every (source, measure), Table 2 as a plot."""
     methods = list(dict.fromkeys(zip(long["source"], long["measure"], strict=True)))
     cases = list(dict.fromkeys(long["case"]))
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cases) + 3), 4.2))
+    fig = Figure(figsize=(max(6, 1.4 * len(cases) + 3), 4.2))
+    ax = fig.subplots()
     width = 0.8 / max(len(methods), 1)
-    colours = plt.cm.tab20(np.linspace(0, 1, max(len(methods), 2)))
+    colours = colormaps["tab20"](np.linspace(0, 1, max(len(methods), 2)))
     for k, (source, measure) in enumerate(methods):
         sub = long[(long["source"] == source) & (long["measure"] == measure)].set_index("case")
         values = [
@@ -502,7 +511,6 @@ def registration_errors_plot(path: str, long: pd.DataFrame) -> None:
     ax.set_title("Table 2: landmark error after registration")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def capture_range_plot(path: str, summary: pd.DataFrame, success_um: float) -> None:
@@ -512,7 +520,8 @@ def capture_range_plot(path: str, summary: pd.DataFrame, success_um: float) -> N
     grid = np.full((len(methods), len(cases)), np.nan)
     for row in summary.itertuples(index=False):
         grid[methods.index((row.source, row.measure)), cases.index(row.case)] = row.success_rate
-    fig, ax = plt.subplots(figsize=(1.0 * len(cases) + 4, 0.45 * len(methods) + 1.8))
+    fig = Figure(figsize=(1.0 * len(cases) + 4, 0.45 * len(methods) + 1.8))
+    ax = fig.subplots()
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
     for i in range(len(methods)):
         for j in range(len(cases)):
@@ -525,4 +534,3 @@ def capture_range_plot(path: str, summary: pd.DataFrame, success_um: float) -> N
     ax.set_title(f"Capture range: back within {success_um} um of the unperturbed answer")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)

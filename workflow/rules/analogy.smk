@@ -16,9 +16,8 @@ rule learn_dictionary:
     wildcard_constraints:
         case=constraint(cases_of("analogy")),
     params:
-        analogy=config["analogy"],
+        analogy=settings("analogy", DICTIONARY),
         seed=config["seed"],
-        index=lambda wc: cases_of("analogy").index(wc.case),
         training=lambda wc: training_cases(wc.case),
     log:
         f"{R}/logs/learn_dictionary/{{case}}.log",
@@ -49,7 +48,7 @@ rule predict_sparse:
     wildcard_constraints:
         case=constraint(cases_of("analogy")),
     params:
-        analogy=config["analogy"],
+        analogy=settings("analogy", PREDICTION),
     log:
         f"{R}/logs/predict_sparse/{{case}}.log",
     benchmark:
@@ -109,7 +108,7 @@ rule predict_hertzmann:
     wildcard_constraints:
         case=constraint(cases_of("analogy")),
     params:
-        analogy=config["analogy"],
+        analogy=settings("analogy", TRAINING_PAIRS),
         hertzmann=config["hertzmann"],
         seed=config["seed"],
         training=lambda wc: training_cases(wc.case),

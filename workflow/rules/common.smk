@@ -20,7 +20,7 @@ if importlib.util.find_spec("clemalign") is None:
         )
     sys.path.insert(0, SRC)  # parsing needs only clemalign.cases (standard library)
 
-from clemalign.cases import load_cases
+from clemalign.cases import load_cases, synthetic_number
 from clemalign.errors import ConfigError
 
 R = config["results"]
@@ -35,12 +35,13 @@ for _case in CASES.values():
 
 
 def cases_of(track, synthetic=None):
-    """Names of the cases of one track (optionally only synthetic or only real)."""
-    return [
+    """Names of the cases of one track (optionally only synthetic or only real), sorted:
+    tables list cases by name, whatever the order of the case sheet."""
+    return sorted(
         n
         for n, c in CASES.items()
         if c.track == track and (synthetic is None or c.synthetic == synthetic)
-    ]
+    )
 
 
 def constraint(names):
@@ -72,8 +73,8 @@ def preprocessed_files(wildcards):
 
 
 def training_cases(case):
-    """The training cases of a test case: drawn at random (seeded) from the other
-    analogy cases (paper sec. 5.3: "two randomly selected image pairs")."""
+    """The training cases of a test case: drawn at random, seeded by the case's name, from
+    the other analogy cases (paper sec. 5.3: "two randomly selected image pairs")."""
     others = [n for n in cases_of("analogy") if n != case]
     k = min(config["analogy"]["n_training_cases"], len(others))
     return sorted(random.Random(f"{config['seed']}:{case}").sample(others, k))
@@ -142,9 +143,25 @@ EVALUATION_FILES = (
     ("landmarks", ".csv"),
     ("frame", ".json"),
 )
-REGISTRATION = {
-    key: config["registration"][key] for key in ("measures", "weighted_ssd", "levels", "bins")
-}
+
+
+def settings(section, keys):
+    """Only these keys of a config section. A rule's params are the values it uses, so
+    changing another value (e.g. ``analogy.eq7_tol``) does not rerun the rule."""
+    return {key: config[section][key] for key in keys}
+
+
+# The config keys each step reads (rule params; the dictionary records its own).
+TRAINING_PAIRS = ("em_intensity", "training_alignment", "patch_size")
+DICTIONARY = TRAINING_PAIRS + (
+    "n_patches",
+    "n_atoms",
+    "lambda",
+    "dictionary_tol",
+    "dictionary_max_iter",
+)
+PREDICTION = ("patch_size", "lambda", "gamma", "em_intensity", "eq7_tol", "eq7_max_iter")
+REGISTRATION = settings("registration", ("measures", "weighted_ssd", "levels", "bins"))
 
 
 def all_targets():
@@ -170,8 +187,13 @@ def all_targets():
 
 
 def confocal_psf_fwhm_um():
-    """Lateral confocal PSF (FWHM, um) of the synthetic data's model: the blur of the
-    inverted-TEM predictor in the prediction-quality table."""
+    """Lateral confocal PSF (FWHM, um): the blur of the inverted-TEM predictor in the
+    prediction-quality table. ``analogy.confocal_psf_fwhm_um`` when set; else, for
+    synthetic data, the phantom's own PSF; else None: the blur that best predicts the
+    *other* cases' confocal images (scripts/prediction_quality.py), never the case's own."""
+    value = config["analogy"].get("confocal_psf_fwhm_um")
+    if value is not None or config.get("data", {}).get("source", "synthetic") != "synthetic":
+        return value
     phantom = config["synthetic"]["analogy"]
     if phantom.get("model", "realistic") == "realistic":
         return phantom["realistic"]["lateral_fwhm_um"]

@@ -11,7 +11,7 @@ rule phantom_analogy:
         case=constraint(cases_of("analogy", synthetic=True)),
     params:
         seed=config["seed"],
-        index=lambda wc: cases_of("analogy", synthetic=True).index(wc.case),
+        index=lambda wc: synthetic_number(wc.case),
         phantom=config["synthetic"]["analogy"],
     log:
         f"{R}/logs/phantom_analogy/{{case}}.log",
@@ -37,7 +37,7 @@ rule phantom_fiducial:
         case=constraint(cases_of("fiducial", synthetic=True)),
     params:
         seed=config["seed"],
-        index=lambda wc: cases_of("fiducial", synthetic=True).index(wc.case),
+        index=lambda wc: synthetic_number(wc.case),
         phantom=config["synthetic"]["fiducial"],
     log:
         f"{R}/logs/phantom_fiducial/{{case}}.log",

@@ -17,7 +17,7 @@ rule preprocess_analogy:
         case=constraint(cases_of("analogy")),
     params:
         case=case_record,
-        preprocess=config["preprocess"],
+        preprocess=settings("preprocess", ("px_per_um", "margin_um")),
     log:
         f"{R}/logs/preprocess/{{case}}.log",
     benchmark:
@@ -44,7 +44,6 @@ rule preprocess_fiducial:
         case=constraint(cases_of("fiducial")),
     params:
         case=case_record,
-        preprocess=config["preprocess"],
     log:
         f"{R}/logs/preprocess/{{case}}.log",
     benchmark:

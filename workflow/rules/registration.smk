@@ -102,7 +102,6 @@ rule capture_range:
         registration=REGISTRATION,
         capture=config["registration"]["capture_range"],
         seed=config["seed"],
-        index=lambda wc: cases_of("analogy").index(wc.case),
     log:
         f"{R}/logs/capture_range/{{case}}_{{source}}.log",
     benchmark:
