@@ -51,7 +51,8 @@ from scipy import ndimage
 
 from clemalign.hertzmann import image_analogy
 from clemalign.io import read_image, read_landmarks
-from clemalign.sparse_analogy import confocal_in_em_frame, em_for_coding
+from clemalign.sparse_analogy import em_for_coding
+from clemalign.training import confocal_in_em_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 PRE = ROOT / "results" / "preprocessed"

@@ -78,13 +78,12 @@ from clemalign.dictionary import (
 from clemalign.phantom import make_analogy_case
 from clemalign.preprocess import prepare_analogy_pair
 from clemalign.sparse_analogy import (
-    confocal_in_em_frame,
     eq7_objective,
     extract_patches,
     predict_decoupled,
     reconstruct,
-    training_patches,
 )
+from clemalign.training import confocal_in_em_frame, training_patches
 
 SEED = 2012
 PX_PER_UM = 14.52

@@ -3,13 +3,9 @@ perturbations of its start; does each measure come back to its unperturbed answe
 
 import numpy as np
 
-from clemalign.evaluation import (
-    capture_trials,
-    frame_ground_truth,
-    load_registration_images,
-    moving_image,
-)
+from clemalign.evaluation import frame_ground_truth
 from clemalign.io import read_json, read_landmarks
+from clemalign.routes import capture_trials, load_registration_images, moving_image
 from clemalign.runner import job
 from clemalign.seeds import rng_for
 
@@ -17,7 +13,7 @@ smk = snakemake  # noqa: F821 - injected by Snakemake
 
 with job(smk) as log:
     case, source = smk.wildcards.case, smk.wildcards.source
-    opts, capture = smk.params.registration, smk.params.capture
+    capture = smk.params.capture
     images = load_registration_images(
         case,
         smk.input.em,
@@ -46,7 +42,7 @@ with job(smk) as log:
         read_landmarks(smk.input.landmarks),
         truth,
         images.weights,
-        {"levels": opts["levels"], "bins": opts["bins"]},
+        smk.params.optimiser,
     )
     trials.insert(0, "source", source)
     trials.insert(0, "case", case)

@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from clemalign.evaluation import capture_summary
 from clemalign.figures import capture_range_plot
+from clemalign.routes import capture_summary
 from clemalign.runner import job
 
 smk = snakemake  # noqa: F821 - injected by Snakemake

@@ -4,15 +4,10 @@ ground truth for synthetic data), with before/after overlays."""
 import numpy as np
 import pandas as pd
 
-from clemalign.evaluation import (
-    LONG_COLUMNS,
-    frame_ground_truth,
-    landmark_fit,
-    moving_image,
-    score,
-)
+from clemalign.evaluation import LONG_COLUMNS, frame_ground_truth, landmark_fit, score
 from clemalign.figures import registration_figure
 from clemalign.io import read_image, read_json, read_landmarks
+from clemalign.routes import moving_image
 from clemalign.runner import job
 from clemalign.transforms import Transform
 

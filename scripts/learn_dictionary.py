@@ -1,20 +1,14 @@
 """Rule learn_dictionary: joint TEM/confocal dictionary for one test case (paper eq. 8)."""
 
-import json
-
-import numpy as np
-
-from clemalign.dictionary import lasso_lars, learn_dictionary
 from clemalign.figures import dictionary_figure
-from clemalign.preprocess import load_training_pairs
 from clemalign.runner import job
 from clemalign.seeds import rng_for
-from clemalign.sparse_analogy import training_patches
+from clemalign.training import learn_joint_dictionary, load_training_pairs
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
 with job(smk) as log:
-    opts, size = smk.params.analogy, smk.params.analogy["patch_size"]
+    opts = smk.params.analogy
     pairs = load_training_pairs(
         smk.input.em,
         smk.input.lm,
@@ -22,39 +16,26 @@ with job(smk) as log:
         opts["em_intensity"],
         opts["training_alignment"],
     )
-    rng = rng_for(smk.params.seed, "dictionary", smk.wildcards.case)
-    X = training_patches(pairs, opts["n_patches"], size, rng)
     log.info(
-        "training cases %s: %d patch pairs of %dx%d px (TEM %s, confocal raw [0, 1], "
-        "pairs aligned by %s)",
+        "training cases %s (TEM %s, confocal raw [0, 1], pairs aligned by %s)",
         smk.params.training,
-        X.shape[1],
-        size,
-        size,
         opts["em_intensity"],
         opts["training_alignment"],
     )
-    learned = learn_dictionary(
-        X,
-        opts["n_atoms"],
-        opts["lambda"],
-        rng,
-        opts["dictionary_tol"],
-        opts["dictionary_max_iter"],
-        log,
+    dictionary = learn_joint_dictionary(
+        pairs,
+        patch_size=opts["patch_size"],
+        n_patches=opts["n_patches"],
+        n_atoms=opts["n_atoms"],
+        lam=opts["lambda"],
+        rng=rng_for(smk.params.seed, "dictionary", smk.wildcards.case),
+        tol=opts["dictionary_tol"],
+        max_iter=opts["dictionary_max_iter"],
+        training_cases=smk.params.training,
+        log=log,
     )
-    usage = (lasso_lars(X, learned.D, opts["lambda"]) != 0).sum(axis=1)
-    order = np.argsort(-usage, kind="stable")
-    D = learned.D[:, order]
-    m = size * size
-    np.savez_compressed(
-        smk.output.dictionary,
-        D1=D[:m],
-        D2=D[m:],
-        usage=usage[order],
-        history=np.array(learned.history),
-        converged=learned.converged,
-        training_cases=np.array(smk.params.training),
-        params=json.dumps({k: opts[k] for k in sorted(opts)}),
+    dictionary.params = dict(opts)  # the settings as configured
+    dictionary.save(smk.output.dictionary)
+    dictionary_figure(
+        smk.output.figure, dictionary.D1, dictionary.D2, dictionary.patch_size, smk.wildcards.case
     )
-    dictionary_figure(smk.output.figure, D[:m], D[m:], size, smk.wildcards.case)

@@ -6,9 +6,9 @@ import numpy as np
 
 from clemalign.hertzmann import image_analogy
 from clemalign.io import read_image, write_json, write_tiff
-from clemalign.preprocess import load_training_pairs
 from clemalign.runner import job
 from clemalign.sparse_analogy import em_for_coding
+from clemalign.training import load_training_pairs
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 

@@ -5,25 +5,42 @@ import numpy as np
 
 from clemalign.io import read_image, write_json, write_tiff
 from clemalign.runner import job
-from clemalign.sparse_analogy import em_for_coding, predict_decoupled, reconstruct, scale_unit
+from clemalign.sparse_analogy import (
+    JointDictionary,
+    denoise_confocal,
+    em_for_coding,
+    predict_confocal,
+    predict_decoupled,
+)
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
 with job(smk) as log:
     opts = smk.params.analogy
-    size, lam, gamma = opts["patch_size"], opts["lambda"], opts["gamma"]
-    dictionary = np.load(smk.input.dictionary)
-    D1, D2 = dictionary["D1"], dictionary["D2"]
+    solver = {
+        "lam": opts["lambda"],
+        "gamma": opts["gamma"],
+        "tol": opts["eq7_tol"],
+        "max_iter": opts["eq7_max_iter"],
+        "log": log,
+    }
+    dictionary = JointDictionary.load(smk.input.dictionary)
     tem, ppu = read_image(smk.input.em)
-    tem = em_for_coding(tem, opts["em_intensity"])  # as the dictionary was learned
     confocal, lm_ppu = read_image(smk.input.lm)
-    decoupled = predict_decoupled(tem, D1, D2, lam, size)
+    decoupled = predict_decoupled(
+        em_for_coding(tem, opts["em_intensity"]),
+        dictionary.D1,
+        dictionary.D2,
+        opts["lambda"],
+        dictionary.patch_size,
+    )
     log.info(
         "decoupled: %.1f s, %.2f non-zeros per code",
         decoupled.info["seconds"],
         decoupled.info["nnz"],
     )
-    joint = reconstruct(tem, D1, D2, lam, gamma, size, opts["eq7_tol"], opts["eq7_max_iter"], log)
+    predicted = predict_confocal(tem, dictionary, em_intensity=opts["em_intensity"], **solver)
+    joint = predicted.joint
     log.info(
         "eq. 7: %d iterations (%d full lasso steps), %.1f s, optimality violation %.2e",
         joint.info["iterations"],
@@ -31,21 +48,21 @@ with job(smk) as log:
         joint.info["seconds"],
         joint.info["kkt"],
     )
-    denoised = reconstruct(
-        confocal, D2, None, lam, gamma, size, opts["eq7_tol"], opts["eq7_max_iter"], log
-    )
+    denoised = denoise_confocal(confocal, dictionary, **solver)
     meta = {"case": smk.wildcards.case}
-    write_tiff(smk.output.predicted, joint.u2.astype(np.float32), ppu, meta)
-    tem_denoised = em_for_coding(joint.u1, opts["em_intensity"])  # back to TEM contrast
-    write_tiff(smk.output.tem_denoised, tem_denoised.astype(np.float32), ppu, meta)
-    write_tiff(smk.output.decoupled, decoupled.u2.astype(np.float32), ppu, meta)
-    write_tiff(smk.output.uncertainty, scale_unit(joint.spread).astype(np.float32), ppu, meta)
-    write_tiff(smk.output.confocal_denoised, denoised.u1.astype(np.float32), lm_ppu, meta)
+    for path, image, px_per_um in (
+        (smk.output.predicted, predicted.confocal, ppu),
+        (smk.output.tem_denoised, predicted.tem_denoised, ppu),
+        (smk.output.decoupled, decoupled.u2, ppu),
+        (smk.output.uncertainty, predicted.uncertainty, ppu),
+        (smk.output.confocal_denoised, denoised.u1, lm_ppu),
+    ):
+        write_tiff(path, image.astype(np.float32), px_per_um, meta)
     write_json(
         smk.output.info,
         {
             "case": smk.wildcards.case,
-            "training_cases": dictionary["training_cases"].tolist(),
+            "training_cases": dictionary.training_cases,
             "joint": {k: v for k, v in joint.info.items() if k != "objective"},
             "joint_objective": joint.info["objective"],
             "decoupled": decoupled.info,

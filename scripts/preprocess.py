@@ -10,7 +10,7 @@ from clemalign.preprocess import (
     to_unit_float,
 )
 from clemalign.runner import job
-from clemalign.transforms import DeformationField, Transform
+from clemalign.transforms import Transform
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
@@ -25,7 +25,6 @@ with job(smk) as log:
         "channel": case["channel"],
     }
     truth = read_json(smk.input.ground_truth) if "ground_truth" in smk.input.keys() else None
-    gt = Transform.from_dict(truth["transform"]) if truth else None
     if case["track"] == "analogy":
         opts = smk.params.preprocess
         pair = prepare_analogy_pair(
@@ -44,27 +43,7 @@ with job(smk) as log:
         )
         write_landmarks(smk.output.landmarks, pair.landmarks)
         pair.start.save(smk.output.start)
-        frame.update(
-            em_px_per_um=pair.px_per_um,
-            lm_px_per_um=pair.px_per_um,
-            em_shape=pair.em.shape,
-            lm_shape=pair.lm.shape,
-            lm_crop_origin_um=pair.crop_origin_um,
-            lm_crop_size_um=pair.crop_size_um,
-        )
-        if gt is not None:
-            frame["ground_truth"] = Transform(
-                pair.lm_frame_from_confocal() @ gt.matrix,
-                "em (TEM frame)",
-                "lm (crop frame)",
-                "ground truth mapped into the crop frame",
-            ).to_dict()
-            if "deformation" in truth:
-                field = DeformationField.from_dict(truth["deformation"])
-                crop_field = field.then(pair.lm_frame_from_confocal())
-                frame["ground_truth"]["method"] += " (least-squares affine of the field)"
-                frame["ground_truth_field"] = crop_field.to_dict()
-                frame["nonrigid_floor_rms_um"] = crop_field.floor_rms_um()
+        frame.update(pair.frame_record(truth))
         log.info(
             "TEM %s -> %s, confocal crop %s um at origin %s um, start det %.4f",
             raw.em.shape,
@@ -85,8 +64,8 @@ with job(smk) as log:
             em_shape=em.shape,
             lm_shape=lm.shape,
         )
-        if gt is not None:
-            frame["ground_truth"] = gt.to_dict()
+        if truth is not None:
+            frame["ground_truth"] = Transform.from_dict(truth["transform"]).to_dict()
         log.info(
             "SEM %s at %.4g px/um, confocal %s at %.4g px/um, %d landmark pairs",
             em.shape,

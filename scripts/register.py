@@ -1,13 +1,13 @@
 """Rule register: one source (moving image on the TEM grid) against the confocal crop,
 under every configured measure, from the landmark-fitted similarity start."""
 
-from clemalign.evaluation import (
+from clemalign.io import write_json
+from clemalign.routes import (
     load_registration_images,
     moving_image,
     register_measures,
     source_measures,
 )
-from clemalign.io import write_json
 from clemalign.runner import job
 from clemalign.transforms import Transform
 
@@ -33,7 +33,7 @@ with job(smk) as log:
         measures,
         images.px_per_um,
         images.weights,
-        {"levels": opts["levels"], "bins": opts["bins"]},
+        opts["optimiser"],
     )
     for measure, result in results.items():
         log.info("%s %s: %s %s", source, measure, result["status"], result.get("info", ""))

@@ -11,7 +11,7 @@ smk = snakemake  # noqa: F821 - injected by Snakemake
 
 with job(smk) as log:
     rows = []
-    for path in smk.input:
+    for path in smk.input.summaries:
         summary = read_json(path)
         for method in METHODS:
             entry = summary["methods"][method]
@@ -26,6 +26,9 @@ with job(smk) as log:
                 }
             )
     long = pd.DataFrame(rows)
+    pixels_nm = [1000.0 / read_json(path)["lm_px_per_um"] for path in smk.input.frames]
+    lo, hi = f"{min(pixels_nm):.3g}", f"{max(pixels_nm):.3g}"
+    pixel_text = lo if lo == hi else f"{lo}-{hi}"
     long.to_csv(smk.output.long, index=False, float_format="%.3f")
     write_table(
         table1(long),
@@ -33,6 +36,6 @@ with job(smk) as log:
         smk.output.md,
         smk.output.tex,
         "Table 1: landmark-based registration errors (nm), SEM to confocal "
-        "(confocal pixel 40 nm). MAE and STD of the absolute landmark errors.",
+        f"(confocal pixel {pixel_text} nm). MAE and STD of the absolute landmark errors.",
     )
     log.info("\n%s", long.to_string())

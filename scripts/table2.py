@@ -19,7 +19,7 @@ with job(smk) as log:
         smk.output.md,
         smk.output.tex,
         "Table 2: landmark errors (um) after affine registration, TEM to confocal "
-        "(14.52 px/um). MAE and STD of the absolute landmark errors per case; "
+        f"({smk.params.px_per_um:g} px/um). MAE and STD of the absolute landmark errors per case; "
         "IA = image analogies; Landmark fit = the affine least-squares fit to the landmarks.",
         digits=3,
     )

@@ -5,6 +5,7 @@ every dependency, checked without running the workflow."""
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 import tomllib
 from pathlib import Path
@@ -327,3 +328,75 @@ def test_conda_environment_pins_the_same_minimum_versions():
         if name in conda and conda[name] != spec
     }
     assert not differ, f"pyproject.toml vs envs/clemalign.yaml: {differ}"
+
+
+# ------------------------------------------- config.yaml mirrors the library defaults
+
+
+def _mismatches(config: dict, defaults: dict, path: str) -> list[str]:
+    """Keys present in both whose values differ (recursively; lists == tuples)."""
+    out = []
+    for key, value in config.items():
+        if key not in defaults:
+            continue
+        default = defaults[key]
+        if isinstance(value, dict) and isinstance(default, dict):
+            out += _mismatches(value, default, f"{path}.{key}")
+        elif isinstance(value, list | tuple) and isinstance(default, list | tuple):
+            if [*value] != [*default]:
+                out.append(f"{path}.{key}: config {value} vs library {default}")
+        elif value != default:
+            out.append(f"{path}.{key}: config {value} vs library {default}")
+    return out
+
+
+def _defaults(function) -> dict:
+    return {
+        name: p.default
+        for name, p in inspect.signature(function).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def test_config_mirrors_the_library_defaults():
+    """A notebook user calling the library without arguments gets what the workflow
+    runs by default: every default is defined once in the library and config.yaml
+    repeats it (this test keeps the two equal)."""
+    from clemalign.fiducials import DEFAULT_FIDUCIAL_SETTINGS
+    from clemalign.hertzmann import image_analogy
+    from clemalign.phantom import DEFAULT_ANALOGY_PARAMS, DEFAULT_FIDUCIAL_PARAMS
+    from clemalign.preprocess import prepare_analogy_pair
+    from clemalign.register import register_affine
+    from clemalign.sparse_analogy import predict_confocal
+    from clemalign.training import learn_joint_dictionary
+
+    config = repo_config()
+    analogy = config["analogy"]
+    signatures = {
+        "preprocess": (config["preprocess"], _defaults(prepare_analogy_pair)),
+        "hertzmann": (config["hertzmann"], _defaults(image_analogy)),
+        "registration": (config["registration"], _defaults(register_affine)),
+        "analogy (eq. 7)": (
+            {
+                "lam": analogy["lambda"],
+                "gamma": analogy["gamma"],
+                "tol": analogy["eq7_tol"],
+                "max_iter": analogy["eq7_max_iter"],
+                "em_intensity": analogy["em_intensity"],
+            },
+            _defaults(predict_confocal),
+        ),
+        "analogy (eq. 8)": (
+            {"tol": analogy["dictionary_tol"], "max_iter": analogy["dictionary_max_iter"]},
+            _defaults(learn_joint_dictionary),
+        ),
+        "analogy (patches)": ({"patch_size": analogy["patch_size"]}, _defaults(image_analogy)),
+    }
+    bad = _mismatches(config["synthetic"]["analogy"], DEFAULT_ANALOGY_PARAMS, "synthetic.analogy")
+    bad += _mismatches(
+        config["synthetic"]["fiducial"], DEFAULT_FIDUCIAL_PARAMS, "synthetic.fiducial"
+    )
+    bad += _mismatches(config["fiducials"], DEFAULT_FIDUCIAL_SETTINGS, "fiducials")
+    for where, (values, defaults) in signatures.items():
+        bad += _mismatches(values, defaults, where)
+    assert not bad, "\n".join(bad)

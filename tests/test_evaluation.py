@@ -7,13 +7,12 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from clemalign.evaluation import (
+from clemalign.evaluation import landmark_fit, score
+from clemalign.routes import (
     capture_summary,
     capture_trials,
-    landmark_fit,
     moving_image,
     register_measures,
-    score,
     source_measures,
 )
 from clemalign.tables import table2, to_markdown
@@ -143,8 +142,8 @@ def test_register_measures_records_failures_and_capture_comes_back():
 
 
 def test_registration_images_share_one_sampling(tmp_path):
-    from clemalign.evaluation import load_registration_images
     from clemalign.io import write_tiff
+    from clemalign.routes import load_registration_images
 
     image = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
     write_tiff(tmp_path / "em.tif", image, 14.52)

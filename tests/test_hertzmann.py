@@ -42,6 +42,17 @@ def test_texture_by_numbers_learns_a_nonlinear_map(default_run):
     assert abs(_corr(b, _f(b))) < 0.5
 
 
+def test_info_has_one_entry_per_level_coarsest_first(default_run):
+    info = default_run.info
+    assert info["level_shapes"] == [[N // 2, N // 2], [N, N]]
+    for key in ("seconds", "seconds_scan", "coherence_fraction", "n_training_px"):
+        assert len(info[key]) == 2, key
+    assert info["feature_dim"][0] < info["feature_dim"][1]  # coarse patches at the finer level
+    assert info["params"]["coarse_patch_size"] == 3 and info["params"]["n_pairs"] == 2
+    assert info["seconds_total"] >= sum(info["seconds"])
+    assert "ann_agreement" not in info
+
+
 def test_texture_by_numbers_default_patch_size():
     b = _field(2, 80)
     pairs = [(_field(s, 80), _f(_field(s, 80))) for s in (1, 3)]

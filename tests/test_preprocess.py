@@ -3,14 +3,13 @@ import pytest
 from scipy import ndimage
 
 from clemalign.preprocess import (
-    TRAINING_ALIGNMENTS,
-    align_training_pair,
     prepare_analogy_pair,
     resample,
     select_channel,
     to_unit_float,
 )
 from clemalign.register import grid_error_um
+from clemalign.training import TRAINING_ALIGNMENTS, align_training_pair
 from clemalign.transforms import Transform, apply, xy_um_to_rc_px
 
 

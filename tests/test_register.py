@@ -224,6 +224,41 @@ def test_bad_input_raises(pair):
         register(np.ones(MOVING_SHAPE), fixed, OFFSET, measure="mi")
 
 
+def test_info_records_levels_and_options(pair):
+    """The documented layout of RegistrationResult.info, one record per level, coarse first."""
+    fixed, moving, _ = pair
+    result = register(moving, fixed, OFFSET, measure="mi", levels=2, max_iter=5)
+    assert list(result.info) == [
+        "levels",
+        "overlap",
+        "seconds",
+        "bins",
+        "normalize",
+        "parameterisation",
+    ]
+    assert [lv["level"] for lv in result.info["levels"]] == [1, 0]
+    for lv, ppu in zip(result.info["levels"], (PPU / 2, PPU), strict=True):
+        assert list(lv) == [
+            "level",
+            "px_per_um",
+            "pixels",
+            "iterations",
+            "evaluations",
+            "cost",
+            "converged",
+            "message",
+            "seconds",
+            "overlap",
+        ]
+        assert lv["px_per_um"] == ppu
+        assert 0 < lv["iterations"] <= 5
+    assert result.info["levels"][1]["pixels"] == MOVING_SHAPE[0] * MOVING_SHAPE[1]
+    assert result.info["overlap"] == result.info["levels"][-1]["overlap"]
+    assert result.value == result.info["levels"][-1]["cost"]
+    assert result.info["bins"] == 32 and result.info["normalize"] is None
+    assert set(result.info["parameterisation"]) == {"center_um", "scale_um"}
+
+
 @pytest.mark.parametrize("measure", ["mi", "ssd"])
 def test_tem_to_confocal_phantom_at_native_samplings(small_analogy_case, measure):
     """TEM (30 px/um) onto the green confocal channel (7.588 px/um) from the landmark

@@ -11,8 +11,8 @@ from clemalign.sparse_analogy import (
     overlap_sum,
     predict_decoupled,
     reconstruct,
-    training_patches,
 )
+from clemalign.training import training_patches
 
 SIZE = 5
 

@@ -29,14 +29,16 @@ from dataclasses import dataclass, field
 from itertools import permutations
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
 from skimage import filters, measure, morphology
 
 from .errors import ClemalignError
+from .metrics import landmark_errors_um, mae_std
 from .settings import merge_params
-from .transforms import apply, fit_affine, rc_px_to_xy_um
+from .transforms import Transform, apply, fit_affine, px_to_um, rc_px_to_xy_um, um_to_px
 
 
 class FiducialError(ClemalignError):
@@ -169,7 +171,7 @@ def gaussian_centres(
     half = max(2, int(round(0.5 * window_um * px_per_um)))
     out = np.array(xy_um, dtype=float).reshape(-1, 2).copy()
     for k, (x, y) in enumerate(out):
-        col, row = x * px_per_um - 0.5, y * px_per_um - 0.5
+        col, row = um_to_px(x, px_per_um), um_to_px(y, px_per_um)
         r0, c0 = int(round(row)) - half, int(round(col)) - half
         r1, c1 = r0 + 2 * half + 1, c0 + 2 * half + 1
         if r0 < 0 or c0 < 0 or r1 > img.shape[0] or c1 > img.shape[1]:
@@ -192,7 +194,7 @@ def gaussian_centres(
             continue
         _, pr, pc, s = fit.x[:4]
         if fit.success and abs(pr - row) < half and abs(pc - col) < half and s > 0:
-            out[k] = ((pc + 0.5) / px_per_um, (pr + 0.5) / px_per_um)
+            out[k] = (px_to_um(pc, px_per_um), px_to_um(pr, px_per_um))
     return out
 
 
@@ -567,6 +569,45 @@ class MethodOutcome:
     tre_um: np.ndarray | None = None  # predicted TRE at the evaluation targets
     result: FiducialResult | None = None
 
+    def summary(self, em_xy_um: np.ndarray, lm_xy_um: np.ndarray) -> dict:
+        """Status and scores (nm) against landmark pairs (EM um, LM um), for the JSON."""
+        entry: dict = {"status": self.status}
+        if self.matrix is None:
+            return entry
+        err_nm = landmark_errors_um(self.matrix, em_xy_um, lm_xy_um) * 1000.0
+        mae, std = mae_std(err_nm)
+        entry.update(
+            mae_nm=mae,
+            std_nm=std,
+            max_nm=float(err_nm.max()),
+            n_matched=len(self.pairs_src_um),
+            fre_nm=self.fre_um * 1000.0,
+            hypothesis_error_nm=self.result.hypothesis_error_um * 1000.0,
+            n_hypotheses=self.result.n_hypotheses,
+            **self.result.info,
+        )
+        if self.tre_um is not None:
+            entry["predicted_tre_nm_median"] = float(np.median(self.tre_um) * 1000.0)
+            entry["predicted_tre_nm_max"] = float(np.max(self.tre_um) * 1000.0)
+        return entry
+
+    def transform_record(self) -> dict:
+        """The transform as :meth:`clemalign.transforms.Transform.to_dict` (SEM um ->
+        confocal um), or the same keys with ``matrix: None`` and the failure status."""
+        moving, fixed, method = "em (SEM)", "lm (confocal)", f"fiducials: {self.method}"
+        if self.matrix is None:
+            return {
+                "matrix": None,
+                "units": "um",
+                "direction": "moving_to_fixed",
+                "moving": moving,
+                "fixed": fixed,
+                "method": method,
+                "status": self.status,
+            }
+        notes = {"fre_nm": self.fre_um * 1000.0, "n_matched": len(self.pairs_src_um)}
+        return Transform(self.matrix, moving, fixed, method, notes).to_dict()
+
 
 @dataclass
 class FiducialCase:
@@ -577,6 +618,17 @@ class FiducialCase:
     em_gauss_um: np.ndarray
     lm_gauss_um: np.ndarray
     outcomes: dict[str, MethodOutcome]
+
+    def pairs_table(self) -> pd.DataFrame:
+        """Matched bead pairs of every method: ``method, em_x_um, em_y_um, lm_x_um,
+        lm_y_um``."""
+        rows = [
+            (method, sx, sy, tx, ty)
+            for method, out in ((m, self.outcomes[m]) for m in METHODS if m in self.outcomes)
+            if out.matrix is not None
+            for (sx, sy), (tx, ty) in zip(out.pairs_src_um, out.pairs_dst_um, strict=True)
+        ]
+        return pd.DataFrame(rows, columns=["method", "em_x_um", "em_y_um", "lm_x_um", "lm_y_um"])
 
 
 def register_fiducial_case(

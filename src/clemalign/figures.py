@@ -15,7 +15,9 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .transforms import apply
+from .fiducials import predicted_tre_um
+from .io import landmark_points
+from .transforms import apply, warp_image
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -112,7 +114,7 @@ def case_figure(
         + (f" (shown 1:{step})" if step > 1 else ""),
         fontsize=9,
     )
-    _landmarks(axes[0, 0], raw_landmarks[["em_x_um", "em_y_um"]].to_numpy(float))
+    _landmarks(axes[0, 0], landmark_points(raw_landmarks)[0])
 
     lm_shown = _stretch(raw_lm)
     cmap = None if lm_shown.ndim == 3 else "gray"
@@ -144,15 +146,15 @@ def case_figure(
         )
     if start_to_raw_lm is not None or truth_to_raw_lm is not None:
         axes[0, 1].legend(loc="lower right", fontsize=7)
-    _landmarks(axes[0, 1], raw_landmarks[["lm_x_um", "lm_y_um"]].to_numpy(float), numbered=False)
+    _landmarks(axes[0, 1], landmark_points(raw_landmarks)[1], numbered=False)
 
     what = "resampled" if track == "analogy" else "native sampling"
     axes[1, 0].imshow(em, cmap="gray", extent=_extent(em.shape, em_px_per_um))
     axes[1, 0].set_title(f"preprocessed EM ({what}, {em_px_per_um:.4g} px/um)", fontsize=9)
-    _landmarks(axes[1, 0], landmarks[["em_x_um", "em_y_um"]].to_numpy(float))
+    _landmarks(axes[1, 0], landmark_points(landmarks)[0])
     axes[1, 1].imshow(lm, cmap="gray", extent=_extent(lm.shape, lm_px_per_um))
     axes[1, 1].set_title(f"preprocessed confocal ({what}, {lm_px_per_um:.4g} px/um)", fontsize=9)
-    _landmarks(axes[1, 1], landmarks[["lm_x_um", "lm_y_um"]].to_numpy(float))
+    _landmarks(axes[1, 1], landmark_points(landmarks)[1])
     for ax in axes.ravel():
         ax.set_xlabel("x (um)")
         ax.set_ylabel("y (um)")
@@ -196,8 +198,6 @@ def fiducial_figure(
     method : str
         Method whose transform panels (c)-(e) show.
     """
-    from .fiducials import predicted_tre_um
-    from .transforms import warp_image
 
     outcome = result.outcomes[method]
     fig = Figure(figsize=(16, 10.5))
@@ -231,8 +231,7 @@ def fiducial_figure(
         ax[2].set_ylim(foot[:, 1].max() + 0.5, foot[:, 1].min() - 0.5)
         ax[2].set_title(f"(c) {method}: SEM (magenta) on confocal (green)", fontsize=9)
 
-        em_xy = landmarks[["em_x_um", "em_y_um"]].to_numpy(float)
-        lm_xy = landmarks[["lm_x_um", "lm_y_um"]].to_numpy(float)
+        em_xy, lm_xy = landmark_points(landmarks)
         mapped = apply(outcome.matrix, em_xy)
         ax[3].scatter(
             lm_xy[:, 0],
@@ -453,7 +452,6 @@ def registration_figure(
     px_per_um : float
         Sampling of both grids.
     """
-    from .transforms import warp_image
 
     measures = list(dict.fromkeys(m for by in results.values() for m in by))
     rows, cols = len(results), 1 + len(measures)

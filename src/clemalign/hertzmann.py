@@ -95,6 +95,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -221,6 +222,7 @@ class _Spec:
 
 
 def _spec(size: int, coarse: int, weight_sigma: float) -> _Spec:
+    """Feature layout for fine side ``size`` and coarse side ``coarse`` (0: none)."""
     g = _kernel(size, weight_sigma)
     off_r, off_c = _causal_offsets(size)
     h = size // 2
@@ -340,6 +342,7 @@ def _full_dist(fq, qc, mask, feats, t, d_fix, bound):
 
 @numba.njit(cache=True)
 def _exact_search(fq, qc, mask, feats, d_fix):
+    """Nearest training pixel by brute force on the full weighted features."""
     best_t = -1
     best_d = np.inf
     for t in range(feats.shape[0]):
@@ -387,123 +390,479 @@ def _ann_search(qp, tproj, n_cand, cand_d, cand_i, fq, qc, mask, feats, d_fix):
     return best_t, best_d
 
 
+class _Canvas(NamedTuple):
+    """One level of ``B'`` being synthesised, filled in place by :func:`_scan`."""
+
+    image: np.ndarray  # B'_k, float64 (rows, cols)
+    match: np.ndarray  # training index copied per pixel, int64 (rows, cols)
+    coherent: np.ndarray  # bool (rows, cols): the coherence rule chose a different match
+    agree: np.ndarray  # int8 (rows, cols): with compare, 1 where ANN = exact, 0 if not; else -1
+
+
+class _Query(NamedTuple):
+    """The ``B`` side of one level: fixed features per pixel and the causal layout."""
+
+    fixed: np.ndarray  # (rows * cols, d_fix) weighted B_k, B_{k+1}, B'_{k+1} patches
+    off_r: np.ndarray  # causal offsets (drow, dcol), scan order
+    off_c: np.ndarray
+    w_causal: np.ndarray  # sqrt weights of the causal offsets
+
+
+class _Training(NamedTuple):
+    """The pooled training pixels of one level: the search set."""
+
+    features: np.ndarray  # (n, d_fix + n_causal) weighted feature vectors
+    value: np.ndarray  # (n,) A'_k at the pixel: what a match copies
+    pair: np.ndarray  # (n,) int64 training pair index
+    row: np.ndarray  # (n,) int64
+    col: np.ndarray  # (n,) int64
+    #: index[pair_offset[p] + r * pair_cols[p] + c]: training index of pixel (r, c) of
+    #: pair p, -1 if it is not in the set
+    index: np.ndarray
+    pair_offset: np.ndarray  # int64 per pair: start of the pair's block in ``index``
+    pair_rows: np.ndarray  # int64 per pair: A'_k shape
+    pair_cols: np.ndarray
+
+
+class _PcaKey(NamedTuple):
+    """The PCA search key of one level (see *Search* in the module notes)."""
+
+    train: np.ndarray  # (n, n_comp) PCA coordinates of the training features
+    query_fixed: np.ndarray  # (rows * cols, n_comp) coordinates of the queries' fixed parts
+    causal_proj: np.ndarray  # (n_causal, n_comp) projection of the causal part
+    causal_mean: np.ndarray  # (n_causal,) training mean of the causal part
+
+
+class _Rule(NamedTuple):
+    """Search settings of one level."""
+
+    kappa: float  # 2^-k kappa: the coherence rule's margin at this level
+    coherence: bool  # run the coherence search (kappa > 0)
+    n_candidates: int  # PCA candidates re-ranked on the full features
+    exact: bool  # brute-force search instead of the PCA key
+    compare: bool  # with exact: also run the PCA search and record agreement
+
+
+class _Work(NamedTuple):
+    """Scratch buffers of the scan, reused at every pixel."""
+
+    qc: np.ndarray  # weighted causal B' values of the query (mean where not yet known)
+    mask: np.ndarray  # causal entries synthesised already (in the distance)
+    inside: np.ndarray  # causal neighbours inside B' (sources for coherence)
+    qp: np.ndarray  # PCA coordinates of the query
+    cand_d: np.ndarray  # PCA candidates: distances and training indices
+    cand_i: np.ndarray
+
+
+@numba.njit(cache=True, inline="always")
+def _causal_neighbourhood(image, r, c, query, causal_mean, work):
+    """Fill ``work`` with the query's causal ``B'`` values; return how many are missing."""
+    n_cols = image.shape[1]
+    n_masked = 0
+    for j in range(query.off_r.size):
+        rr = r + query.off_r[j]
+        cc = c + query.off_c[j]
+        work.inside[j] = rr >= 0 and cc >= 0 and cc < n_cols
+        if rr >= 0 and query.off_r[j] < 0:  # rows above: reflect columns as A' is padded
+            if cc < 0:
+                cc = -cc
+            elif cc >= n_cols:
+                cc = 2 * (n_cols - 1) - cc
+        if rr >= 0 and cc >= 0 and cc < n_cols:
+            work.qc[j] = query.w_causal[j] * image[rr, cc]
+            work.mask[j] = True
+        else:  # not synthesised yet: left out of the distance
+            work.qc[j] = causal_mean[j]
+            work.mask[j] = False
+            n_masked += 1
+    return n_masked
+
+
+@numba.njit(cache=True, inline="always")
+def _query_key(q, key, work):
+    """PCA coordinates of query ``q`` into ``work.qp``: fixed part plus causal part."""
+    k = work.qp.size
+    for m in range(k):
+        work.qp[m] = key.query_fixed[q, m]
+    for j in range(work.qc.size):
+        dv = work.qc[j] - key.causal_mean[j]
+        if dv != 0.0:
+            for m in range(k):
+                work.qp[m] += dv * key.causal_proj[j, m]
+
+
+@numba.njit(cache=True, inline="always")
+def _best_approximate_match(q, fq, n_masked, train, key, rule, work):
+    """Hertzmann's BestApproximateMatch: (training index, distance, agreement or -1)."""
+    d_fix = fq.size
+    best_t = -1
+    best_d = np.inf
+    agree = -1
+    if rule.exact:
+        best_t, best_d = _exact_search(fq, work.qc, work.mask, train.features, d_fix)
+    if (not rule.exact) or rule.compare:
+        _query_key(q, key, work)
+        n_use = rule.n_candidates * _MASKED_CANDIDATES if n_masked else rule.n_candidates
+        ann_t, ann_d = _ann_search(
+            work.qp,
+            key.train,
+            n_use,
+            work.cand_d,
+            work.cand_i,
+            fq,
+            work.qc,
+            work.mask,
+            train.features,
+            d_fix,
+        )
+        if rule.exact:
+            agree = 1 if ann_t == best_t else 0
+        else:
+            best_t, best_d = ann_t, ann_d
+    return best_t, best_d, agree
+
+
+@numba.njit(cache=True, inline="always")
+def _best_coherence_match(match, r, c, fq, query, train, work):
+    """Hertzmann's BestCoherenceMatch: (training index or -1, distance)."""
+    coh_t = -1
+    coh_d = np.inf
+    last = -1
+    for j in range(query.off_r.size):
+        if not work.inside[j]:
+            continue
+        s = match[r + query.off_r[j], c + query.off_c[j]]
+        pr = train.row[s] - query.off_r[j]
+        pc = train.col[s] - query.off_c[j]
+        pi = train.pair[s]
+        if pr < 0 or pc < 0 or pr >= train.pair_rows[pi] or pc >= train.pair_cols[pi]:
+            continue
+        t2 = train.index[train.pair_offset[pi] + pr * train.pair_cols[pi] + pc]
+        if t2 < 0 or t2 == last or t2 == coh_t:
+            continue
+        last = t2
+        d2 = _full_dist(fq, work.qc, work.mask, train.features, t2, fq.size, coh_d)
+        if d2 < coh_d:
+            coh_d = d2
+            coh_t = t2
+    return coh_t, coh_d
+
+
 @numba.njit(cache=True)
-def _scan(
-    bp,
-    src,
-    coh,
-    agree,
-    fq_fix,
-    qp_fix,
-    feats,
-    tproj,
-    proj_c,
-    mean_c,
-    off_r,
-    off_c,
-    w_c,
-    tval,
-    tpair,
-    trow,
-    tcol,
-    idx_map,
-    pair_off,
-    pair_h,
-    pair_w,
-    kappa_eff,
-    use_coherence,
-    n_cand,
-    exact,
-    compare,
-):
-    """Synthesise one level in scan-line order (fills bp, src, coh, agree in place)."""
-    n_rows, n_cols = bp.shape
-    n_c = off_r.size
-    k = tproj.shape[1]
-    d_fix = fq_fix.shape[1]
-    qc = np.empty(n_c)
-    mask = np.empty(n_c, dtype=np.bool_)
-    qp = np.empty(k)
-    cand_d = np.empty(n_cand * _MASKED_CANDIDATES)
-    cand_i = np.empty(n_cand * _MASKED_CANDIDATES, dtype=np.int64)
-    inside = np.empty(n_c, dtype=np.bool_)
+def _scan(canvas, query, train, key, rule):
+    """Algorithm 2's loop over ``B'_k`` in scan-line order; fills ``canvas``, returns n coherent."""
+    n_rows, n_cols = canvas.image.shape
+    n_c = query.off_r.size
+    n_buf = rule.n_candidates * _MASKED_CANDIDATES
+    work = _Work(
+        np.empty(n_c),
+        np.empty(n_c, dtype=np.bool_),
+        np.empty(n_c, dtype=np.bool_),
+        np.empty(key.train.shape[1]),
+        np.empty(n_buf),
+        np.empty(n_buf, dtype=np.int64),
+    )
     n_coh = 0
     for r in range(n_rows):
         for c in range(n_cols):
             q = r * n_cols + c
-            fq = fq_fix[q]
-            n_masked = 0
-            for j in range(n_c):
-                rr = r + off_r[j]
-                cc = c + off_c[j]
-                inside[j] = rr >= 0 and cc >= 0 and cc < n_cols
-                if rr >= 0 and off_r[j] < 0:  # rows above: reflect columns as A' is padded
-                    if cc < 0:
-                        cc = -cc
-                    elif cc >= n_cols:
-                        cc = 2 * (n_cols - 1) - cc
-                if rr >= 0 and cc >= 0 and cc < n_cols:
-                    qc[j] = w_c[j] * bp[rr, cc]
-                    mask[j] = True
-                else:  # not synthesised yet: left out of the distance
-                    qc[j] = mean_c[j]
-                    mask[j] = False
-                    n_masked += 1
-            if exact:
-                best_t, best_d = _exact_search(fq, qc, mask, feats, d_fix)
-            if (not exact) or compare:
-                for m in range(k):
-                    qp[m] = qp_fix[q, m]
-                for j in range(n_c):
-                    dv = qc[j] - mean_c[j]
-                    if dv != 0.0:
-                        for m in range(k):
-                            qp[m] += dv * proj_c[j, m]
-                n_use = n_cand * _MASKED_CANDIDATES if n_masked else n_cand
-                ann_t, ann_d = _ann_search(
-                    qp, tproj, n_use, cand_d, cand_i, fq, qc, mask, feats, d_fix
-                )
-                if exact:
-                    agree[r, c] = 1 if ann_t == best_t else 0
-                else:
-                    best_t, best_d = ann_t, ann_d
-            chosen = best_t
+            fq = query.fixed[q]
+            n_masked = _causal_neighbourhood(canvas.image, r, c, query, key.causal_mean, work)
+            app_t, app_d, agree = _best_approximate_match(q, fq, n_masked, train, key, rule, work)
+            canvas.agree[r, c] = agree
+            chosen = app_t
             is_coh = False
-            if use_coherence:
-                coh_t = -1
-                coh_d = np.inf
-                last = -1
-                for j in range(n_c):
-                    if not inside[j]:
-                        continue
-                    s = src[r + off_r[j], c + off_c[j]]
-                    pr = trow[s] - off_r[j]
-                    pc = tcol[s] - off_c[j]
-                    pi = tpair[s]
-                    if pr < 0 or pc < 0 or pr >= pair_h[pi] or pc >= pair_w[pi]:
-                        continue
-                    t2 = idx_map[pair_off[pi] + pr * pair_w[pi] + pc]
-                    if t2 < 0 or t2 == last or t2 == coh_t:
-                        continue
-                    last = t2
-                    d2 = _full_dist(fq, qc, mask, feats, t2, d_fix, coh_d)
-                    if d2 < coh_d:
-                        coh_d = d2
-                        coh_t = t2
-                if coh_t >= 0 and coh_d <= best_d * (1.0 + kappa_eff) and coh_t != best_t:
+            if rule.coherence:
+                coh_t, coh_d = _best_coherence_match(canvas.match, r, c, fq, query, train, work)
+                # the coherence rule
+                if coh_t >= 0 and coh_d <= app_d * (1.0 + rule.kappa) and coh_t != app_t:
                     chosen = coh_t
                     is_coh = True
                     n_coh += 1
-            src[r, c] = chosen
-            coh[r, c] = is_coh
-            bp[r, c] = tval[chosen]
+            canvas.match[r, c] = chosen
+            canvas.coherent[r, c] = is_coh
+            canvas.image[r, c] = train.value[chosen]
     return n_coh
+
+
+# ------------------------------------------------------------------- level synthesis
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The settings of one :func:`image_analogy` call, as given."""
+
+    patch_size: int
+    levels: int
+    kappa: float
+    n_components: int | None
+    n_candidates: int
+    max_training_px: int | None
+    exact: bool
+    remap_luminance: bool
+    weight_sigma: float
+    seed: int
+    check_ann: bool
+
+    @property
+    def coarse_size(self) -> int:
+        """Side of the coarser-level neighbourhood: ``patch_size // 2`` made odd."""
+        return (self.patch_size // 2) | 1
+
+    def rule(self, k: int) -> _Rule:
+        """The search settings at level ``k`` (0 = finest)."""
+        return _Rule(
+            float(self.kappa) * 2.0**-k,
+            bool(self.kappa > 0),
+            int(self.n_candidates),
+            bool(self.exact),
+            bool(self.exact and self.check_ann),
+        )
+
+
+@dataclass(frozen=True)
+class _Pyramids:
+    """Gaussian pyramids of ``B`` and of every pair's ``A`` and ``A'`` (finest first)."""
+
+    b: list[np.ndarray]
+    a: list[list[np.ndarray]]
+    ap: list[list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class _Level:
+    """One synthesised level of ``B'`` and its statistics."""
+
+    image: np.ndarray
+    source: np.ndarray  # int32 (rows, cols, 3): pair, row, col of the copied A' pixel
+    coherent: np.ndarray
+    coherence_fraction: float
+    ann_agreement: float | None
+    n_training_px: int
+    n_components: int
+    feature_dim: int
+    seconds: float
+    seconds_scan: float
+
+
+def _build_pyramids(b: np.ndarray, pairs: list, levels: int) -> _Pyramids:
+    """Gaussian pyramids of the test image and the training pairs."""
+    return _Pyramids(
+        gaussian_pyramid(b, levels),
+        [gaussian_pyramid(a, levels) for a, _ in pairs],
+        [gaussian_pyramid(ap, levels) for _, ap in pairs],
+    )
+
+
+def _valid_training_pixels(
+    ap: np.ndarray, ap_coarse: np.ndarray | None, size: int, coarse_size: int
+) -> np.ndarray:
+    """Pixels whose reflected fine (and coarse) ``A'`` neighbourhoods are NaN-free."""
+    h = size // 2
+    if min(ap.shape) <= h:  # too small to reflect-pad
+        valid = np.zeros(ap.shape, dtype=bool)
+    else:
+        fpad = np.pad(~np.isfinite(ap), h, mode="reflect")
+        valid = ~sliding_window_view(fpad, (size, size)).any(axis=(2, 3))
+    if ap_coarse is not None and valid.any():
+        cpad = np.pad(~np.isfinite(ap_coarse), coarse_size // 2, mode="reflect")
+        cbad = sliding_window_view(cpad, (coarse_size, coarse_size)).any(axis=(2, 3))
+        rr, cc = np.nonzero(valid)
+        valid[rr, cc] = ~cbad[rr // 2, cc // 2]
+    return valid
+
+
+def _training_windows(pyr: _Pyramids, s: _Settings) -> list[list[np.ndarray]]:
+    """Per level (index ``k``) and pair, the training pixels: one window within budget."""
+    rng = np.random.default_rng(s.seed)
+    windows: list[list[np.ndarray]] = [[] for _ in range(s.levels)]
+    for k in range(s.levels - 1, -1, -1):  # coarse to fine: the order rng is drawn in
+        coarse = k < s.levels - 1
+        valid = [
+            _valid_training_pixels(
+                ap[k], ap[k + 1] if coarse else None, s.patch_size, s.coarse_size
+            )
+            for ap in pyr.ap
+        ]
+        shares = _shares([int(v.sum()) for v in valid], s.max_training_px)
+        windows[k] = [_window_mask(v, n, rng) for v, n in zip(valid, shares, strict=True)]
+        if int(sum(int(m.sum()) for m in windows[k])) == 0:
+            raise ValueError(
+                f"no valid training pixel at pyramid level {k} (shapes "
+                f"{[p[k].shape for p in pyr.ap]}): the training images are too small for "
+                f"patch_size={s.patch_size} and levels={s.levels}, or A' has no data"
+            )
+    return windows
+
+
+def _training_set(spec: _Spec, k: int, masks: list[np.ndarray], pyr: _Pyramids) -> _Training:
+    """Features and positions of the training pixels in ``masks``, pooled over pairs."""
+    coarse = spec.coarse > 0
+    feats, tval, tpair, trow, tcol = [], [], [], [], []
+    pair_off, pair_h, pair_w = [], [], []
+    offset = 0
+    for i, m in enumerate(masks):
+        rr, cc = np.nonzero(m)
+        a_k, ap_k = pyr.a[i][k], pyr.ap[i][k]
+        ac = pyr.a[i][k + 1] if coarse else None
+        apc = np.nan_to_num(pyr.ap[i][k + 1]) if coarse else None
+        fixed = _fixed_features(spec, a_k, ac, apc, rr, cc)
+        feats.append(np.hstack([fixed, _causal_features(spec, ap_k, rr, cc)]))
+        tval.append(ap_k[rr, cc])
+        tpair.append(np.full(rr.size, i))
+        trow.append(rr)
+        tcol.append(cc)
+        pair_off.append(offset)
+        pair_h.append(ap_k.shape[0])
+        pair_w.append(ap_k.shape[1])
+        offset += ap_k.size
+    tpair = np.concatenate(tpair).astype(np.int64)
+    trow = np.concatenate(trow).astype(np.int64)
+    tcol = np.concatenate(tcol).astype(np.int64)
+    index = np.full(offset, -1, dtype=np.int64)
+    index[np.asarray(pair_off)[tpair] + trow * np.asarray(pair_w)[tpair] + tcol] = np.arange(
+        tpair.size
+    )
+    return _Training(
+        np.ascontiguousarray(np.vstack(feats)),
+        np.concatenate(tval),
+        tpair,
+        trow,
+        tcol,
+        index,
+        np.asarray(pair_off, dtype=np.int64),
+        np.asarray(pair_h, dtype=np.int64),
+        np.asarray(pair_w, dtype=np.int64),
+    )
+
+
+def _query(spec: _Spec, k: int, pyr_b: list[np.ndarray], bp_coarse: np.ndarray | None) -> _Query:
+    """The scan-independent features of every pixel of ``B_k`` and the causal layout."""
+    rows, cols = np.indices(pyr_b[k].shape)
+    b_coarse = pyr_b[k + 1] if spec.coarse else None
+    fixed = _fixed_features(spec, pyr_b[k], b_coarse, bp_coarse, rows.ravel(), cols.ravel())
+    return _Query(fixed, spec.off_r, spec.off_c, spec.w_causal)
+
+
+def _pca_key(
+    spec: _Spec, feats: np.ndarray, fq_fix: np.ndarray, n_components: int | None
+) -> _PcaKey:
+    """PCA of the training features on the dimensions of weight >= 1e-6 of the largest.
+
+    The others change a distance by less than that; dropping them keeps the eigenproblem
+    small and well scaled. Re-ranking uses all dimensions.
+    """
+    d_fix = fq_fix.shape[1]
+    w2 = (
+        np.concatenate([spec.w_fine, *([spec.w_coarse] * 2 if spec.coarse else []), spec.w_causal])
+        ** 2
+    )
+    key = np.flatnonzero(w2 >= _KEY_WEIGHT * w2.max())
+    mean = feats.mean(axis=0)
+    n_comp = key.size if n_components is None else n_components
+    n_comp = int(min(n_comp, key.size, feats.shape[0]))
+    sub = (feats - mean)[:, key]
+    _, evecs = scipy.linalg.eigh(sub.T @ sub, driver="evd")
+    proj = np.zeros((feats.shape[1], n_comp))
+    proj[key] = evecs[:, ::-1][:, :n_comp]
+    return _PcaKey(
+        np.ascontiguousarray(sub @ proj[key]),
+        np.ascontiguousarray((fq_fix - mean[:d_fix]) @ proj[:d_fix]),
+        np.ascontiguousarray(proj[d_fix:]),
+        np.ascontiguousarray(mean[d_fix:]),
+    )
+
+
+def _blank_canvas(shape: tuple[int, int]) -> _Canvas:
+    """An empty ``B'_k`` of ``shape``, ready for :func:`_scan`."""
+    return _Canvas(
+        np.zeros(shape),
+        np.zeros(shape, dtype=np.int64),
+        np.zeros(shape, dtype=np.bool_),
+        np.full(shape, -1, dtype=np.int8),
+    )
+
+
+def _synthesise_level(
+    k: int,
+    pyr: _Pyramids,
+    masks: list[np.ndarray],
+    bp_coarse: np.ndarray | None,
+    s: _Settings,
+) -> _Level:
+    """``B'_k`` from the training pixels in ``masks`` and the coarser ``B'_{k+1}``."""
+    t_level = time.perf_counter()
+    spec = _spec(s.patch_size, s.coarse_size if k < s.levels - 1 else 0, s.weight_sigma)
+    train = _training_set(spec, k, masks, pyr)
+    query = _query(spec, k, pyr.b, bp_coarse)
+    key = _pca_key(spec, train.features, query.fixed, s.n_components)
+    canvas = _blank_canvas(pyr.b[k].shape)
+    t_scan = time.perf_counter()
+    n_coh = _scan(canvas, query, train, key, s.rule(k))
+    t_end = time.perf_counter()
+    m = canvas.match
+    return _Level(
+        image=canvas.image,
+        source=np.stack([train.pair[m], train.row[m], train.col[m]], axis=-1).astype(np.int32),
+        coherent=canvas.coherent,
+        coherence_fraction=n_coh / canvas.image.size,
+        ann_agreement=float((canvas.agree == 1).mean()) if s.exact and s.check_ann else None,
+        n_training_px=int(train.pair.size),
+        n_components=int(key.train.shape[1]),
+        feature_dim=int(train.features.shape[1]),
+        seconds=t_end - t_level,
+        seconds_scan=t_end - t_scan,
+    )
+
+
+def _assemble(done: list[_Level], s: _Settings, n_pairs: int, t_start: float) -> AnalogyResult:
+    """The finest level as the result, the levels' statistics (coarsest first) as info."""
+    search = (
+        "exact brute force on the full weighted features"
+        if s.exact
+        else f"PCA ({s.n_components} components per level) brute-force scan with partial-"
+        f"distance pruning, {s.n_candidates} nearest re-ranked on the full weighted features"
+    )
+    info = {
+        "levels": s.levels,
+        "level_shapes": [list(lv.image.shape) for lv in done],
+        "seconds": [lv.seconds for lv in done],
+        "seconds_scan": [lv.seconds_scan for lv in done],
+        "seconds_total": time.perf_counter() - t_start,
+        "coherence_fraction": [lv.coherence_fraction for lv in done],
+        "n_training_px": [lv.n_training_px for lv in done],
+        "n_components_used": [lv.n_components for lv in done],
+        "feature_dim": [lv.feature_dim for lv in done],
+        "search": search,
+        "params": {
+            "patch_size": s.patch_size,
+            "coarse_patch_size": s.coarse_size,
+            "levels": s.levels,
+            "kappa": float(s.kappa),
+            "n_components": s.n_components,
+            "n_candidates": s.n_candidates,
+            "max_training_px": s.max_training_px,
+            "exact": s.exact,
+            "remap_luminance": s.remap_luminance,
+            "weight_sigma": s.weight_sigma,
+            "pyramid_sigma_px": PYRAMID_SIGMA,
+            "seed": s.seed,
+            "n_pairs": n_pairs,
+        },
+    }
+    if s.exact and s.check_ann:
+        info["ann_agreement"] = [lv.ann_agreement for lv in done]
+    finest = done[-1]
+    return AnalogyResult(finest.image, finest.source, finest.coherent, info)
 
 
 # ---------------------------------------------------------------------- public entry
 
 
-def _check_inputs(b, pairs, patch_size, levels, kappa, n_components, n_candidates, budget):
+def _check_inputs(b, pairs, s: _Settings) -> tuple[np.ndarray, list]:
+    """Validated ``b`` and pairs as float64 (``A'`` NaN where not finite); raise on bad input."""
+    patch_size, levels, kappa = s.patch_size, s.levels, s.kappa
+    n_components, n_candidates, budget = s.n_components, s.n_candidates, s.max_training_px
     b = np.asarray(b, dtype=np.float64)
     if b.ndim != 2:
         raise ValueError(f"b must be a 2D image (rows, cols), got shape {b.shape}")
@@ -633,193 +992,27 @@ def image_analogy(
         finite; a bad parameter; no valid training pixel at some level (images too small
         for ``patch_size`` and ``levels``, or ``A'`` all NaN).
     """
-    b, pairs = _check_inputs(
-        b, pairs, patch_size, levels, kappa, n_components, n_candidates, max_training_px
+    s = _Settings(
+        patch_size=patch_size,
+        levels=levels,
+        kappa=kappa,
+        n_components=n_components,
+        n_candidates=n_candidates,
+        max_training_px=max_training_px,
+        exact=exact,
+        remap_luminance=remap_luminance,
+        weight_sigma=weight_sigma,
+        seed=seed,
+        check_ann=check_ann,
     )
-    rng = np.random.default_rng(seed)
+    b, pairs = _check_inputs(b, pairs, s)
     t_start = time.perf_counter()
     if remap_luminance:
         pairs = [(_remap(a, b), ap) for a, ap in pairs]
-    pyr_b = gaussian_pyramid(b, levels)
-    pyr_a = [gaussian_pyramid(a, levels) for a, _ in pairs]
-    pyr_ap = [gaussian_pyramid(ap, levels) for _, ap in pairs]
-    coarse_size = (patch_size // 2) | 1
-    h = patch_size // 2
-
-    seconds, scan_seconds, coh_frac, n_train, agreement, n_used = [], [], [], [], [], []
-    feature_dims: list[int] = []
-    bp_coarse = None
-    for k in range(levels - 1, -1, -1):
-        t_level = time.perf_counter()
-        spec = _spec(patch_size, coarse_size if k < levels - 1 else 0, weight_sigma)
-        has_coarse = spec.coarse > 0
-
-        # Training set: valid pixels of every pair (whole fine neighbourhood inside and
-        # NaN-free, coarse neighbourhood NaN-free), one window per pair within budget.
-        cands = []
-        for i in range(len(pairs)):
-            ap = pyr_ap[i][k]
-            nan = ~np.isfinite(ap)
-            if min(ap.shape) <= h:  # too small to reflect-pad
-                valid = np.zeros(ap.shape, dtype=bool)
-            else:
-                fpad = np.pad(nan, h, mode="reflect")
-                valid = ~sliding_window_view(fpad, (patch_size, patch_size)).any(axis=(2, 3))
-            if has_coarse and valid.any():
-                cnan = ~np.isfinite(pyr_ap[i][k + 1])
-                cpad = np.pad(cnan, coarse_size // 2, mode="reflect")
-                cbad = sliding_window_view(cpad, (coarse_size, coarse_size)).any(axis=(2, 3))
-                rr, cc = np.nonzero(valid)
-                valid[rr, cc] = ~cbad[rr // 2, cc // 2]
-            cands.append(valid)
-        shares = _shares([int(v.sum()) for v in cands], max_training_px)
-        masks = [_window_mask(v, s, rng) for v, s in zip(cands, shares, strict=True)]
-        n_t = int(sum(int(m.sum()) for m in masks))
-        if n_t == 0:
-            raise ValueError(
-                f"no valid training pixel at pyramid level {k} (shapes "
-                f"{[p[k].shape for p in pyr_ap]}): the training images are too small for "
-                f"patch_size={patch_size} and levels={levels}, or A' has no data"
-            )
-
-        feats, tval, tpair, trow, tcol = [], [], [], [], []
-        pair_off, pair_h, pair_w = [], [], []
-        offset = 0
-        for i, m in enumerate(masks):
-            rr, cc = np.nonzero(m)
-            a_k, ap_k = pyr_a[i][k], pyr_ap[i][k]
-            ac = pyr_a[i][k + 1] if has_coarse else None
-            apc = np.nan_to_num(pyr_ap[i][k + 1]) if has_coarse else None
-            fixed = _fixed_features(spec, a_k, ac, apc, rr, cc)
-            feats.append(np.hstack([fixed, _causal_features(spec, ap_k, rr, cc)]))
-            tval.append(ap_k[rr, cc])
-            tpair.append(np.full(rr.size, i))
-            trow.append(rr)
-            tcol.append(cc)
-            pair_off.append(offset)
-            pair_h.append(ap_k.shape[0])
-            pair_w.append(ap_k.shape[1])
-            offset += ap_k.size
-        feats = np.ascontiguousarray(np.vstack(feats))
-        tval = np.concatenate(tval)
-        tpair = np.concatenate(tpair).astype(np.int64)
-        trow = np.concatenate(trow).astype(np.int64)
-        tcol = np.concatenate(tcol).astype(np.int64)
-        idx_map = np.full(offset, -1, dtype=np.int64)
-        idx_map[np.asarray(pair_off)[tpair] + trow * np.asarray(pair_w)[tpair] + tcol] = np.arange(
-            n_t
-        )
-        d_fix = feats.shape[1] - spec.off_r.size
-        feature_dims.append(int(feats.shape[1]))
-
-        # Query: fixed part for every pixel of B_k.
-        rows_b, cols_b = np.indices(pyr_b[k].shape)
-        rows_b, cols_b = rows_b.ravel(), cols_b.ravel()
-        fq_fix = _fixed_features(
-            spec, pyr_b[k], pyr_b[k + 1] if has_coarse else None, bp_coarse, rows_b, cols_b
-        )
-
-        # PCA of the training features (the search key), fitted per level on the
-        # dimensions carrying at least 1e-6 of the largest weight (the others change a
-        # distance by less than that; dropping them keeps the eigenproblem small and
-        # well scaled). Re-ranking uses all dimensions.
-        w2 = (
-            np.concatenate(
-                [spec.w_fine, *([spec.w_coarse] * 2 if has_coarse else []), spec.w_causal]
-            )
-            ** 2
-        )
-        key = np.flatnonzero(w2 >= _KEY_WEIGHT * w2.max())
-        mean = feats.mean(axis=0)
-        n_comp = key.size if n_components is None else n_components
-        n_comp = int(min(n_comp, key.size, n_t))
-        centred = feats - mean
-        sub = centred[:, key]
-        _, evecs = scipy.linalg.eigh(sub.T @ sub, driver="evd")
-        proj = np.zeros((feats.shape[1], n_comp))
-        proj[key] = evecs[:, ::-1][:, :n_comp]
-        tproj = np.ascontiguousarray(sub @ proj[key])
-        qp_fix = np.ascontiguousarray((fq_fix - mean[:d_fix]) @ proj[:d_fix])
-        proj_c = np.ascontiguousarray(proj[d_fix:])
-        mean_c = np.ascontiguousarray(mean[d_fix:])
-
-        shape = pyr_b[k].shape
-        bp = np.zeros(shape)
-        src = np.zeros(shape, dtype=np.int64)
-        coh = np.zeros(shape, dtype=np.bool_)
-        agree = np.full(shape, -1, dtype=np.int8)
-        t_scan = time.perf_counter()
-        n_coh = _scan(
-            bp,
-            src,
-            coh,
-            agree,
-            fq_fix,
-            qp_fix,
-            feats,
-            tproj,
-            proj_c,
-            mean_c,
-            spec.off_r,
-            spec.off_c,
-            spec.w_causal,
-            tval,
-            tpair,
-            trow,
-            tcol,
-            idx_map,
-            np.asarray(pair_off, dtype=np.int64),
-            np.asarray(pair_h, dtype=np.int64),
-            np.asarray(pair_w, dtype=np.int64),
-            float(kappa) * 2.0**-k,
-            bool(kappa > 0),
-            int(n_candidates),
-            bool(exact),
-            bool(exact and check_ann),
-        )
-        bp_coarse = bp
-        scan_seconds.append(time.perf_counter() - t_scan)
-        seconds.append(time.perf_counter() - t_level)
-        coh_frac.append(n_coh / bp.size)
-        n_train.append(n_t)
-        n_used.append(n_comp)
-        if exact and check_ann:
-            agreement.append(float((agree == 1).mean()))
-
-    source = np.stack([tpair[src], trow[src], tcol[src]], axis=-1).astype(np.int32)
-    search = (
-        "exact brute force on the full weighted features"
-        if exact
-        else f"PCA ({n_components} components per level) brute-force scan with partial-"
-        f"distance pruning, {n_candidates} nearest re-ranked on the full weighted features"
-    )
-    info = {
-        "levels": levels,
-        "level_shapes": [list(pyr_b[k].shape) for k in range(levels - 1, -1, -1)],
-        "seconds": seconds,
-        "seconds_scan": scan_seconds,
-        "seconds_total": time.perf_counter() - t_start,
-        "coherence_fraction": coh_frac,
-        "n_training_px": n_train,
-        "n_components_used": n_used,
-        "feature_dim": feature_dims,
-        "search": search,
-        "params": {
-            "patch_size": patch_size,
-            "coarse_patch_size": coarse_size,
-            "levels": levels,
-            "kappa": float(kappa),
-            "n_components": n_components,
-            "n_candidates": n_candidates,
-            "max_training_px": max_training_px,
-            "exact": exact,
-            "remap_luminance": remap_luminance,
-            "weight_sigma": weight_sigma,
-            "pyramid_sigma_px": PYRAMID_SIGMA,
-            "seed": seed,
-            "n_pairs": len(pairs),
-        },
-    }
-    if agreement:
-        info["ann_agreement"] = agreement
-    return AnalogyResult(bp, source, coh, info)
+    pyr = _build_pyramids(b, pairs, levels)
+    windows = _training_windows(pyr, s)
+    done: list[_Level] = []
+    for k in range(levels - 1, -1, -1):  # coarse to fine
+        bp_coarse = done[-1].image if done else None
+        done.append(_synthesise_level(k, pyr, windows[k], bp_coarse, s))
+    return _assemble(done, s, len(pairs), t_start)

@@ -141,6 +141,14 @@ def read_image(path: str | Path) -> tuple[np.ndarray, float | None]:
     return skio.imread(path), None
 
 
+def landmark_points(landmarks: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(EM xy um, LM xy um) of a landmark table (:data:`LANDMARK_COLUMNS`), each (N, 2)."""
+    return (
+        landmarks[["em_x_um", "em_y_um"]].to_numpy(float),
+        landmarks[["lm_x_um", "lm_y_um"]].to_numpy(float),
+    )
+
+
 def write_landmarks(path: str | Path, table: pd.DataFrame) -> None:
     """Write landmark pairs as CSV with the columns of :data:`LANDMARK_COLUMNS`."""
     missing = [c for c in LANDMARK_COLUMNS if c not in table.columns]

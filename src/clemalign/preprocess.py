@@ -16,7 +16,17 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from .transforms import Transform, apply, fit_similarity, translation_matrix
+from .errors import CaseError
+from .io import landmark_points, read_image, read_landmarks
+from .transforms import (
+    DeformationField,
+    Transform,
+    apply,
+    fit_similarity,
+    px_to_um,
+    translation_matrix,
+    um_to_px,
+)
 
 CHANNELS = {"red": 0, "green": 1, "blue": 2}
 
@@ -138,11 +148,11 @@ def resample(
     else:
         work = np.asarray(image, dtype=np.float32)
 
-    x = origin_um[0] + (np.arange(n_cols) + 0.5) / out_px_per_um
-    y = origin_um[1] + (np.arange(n_rows) + 0.5) / out_px_per_um
+    x = origin_um[0] + px_to_um(np.arange(n_cols), out_px_per_um)
+    y = origin_um[1] + px_to_um(np.arange(n_rows), out_px_per_um)
     # Input pixel index p = y * ppu - 0.5; after decimation by `step`, index p / step.
-    rows = (y * px_per_um - 0.5) / step
-    cols = (x * px_per_um - 0.5) / step
+    rows = um_to_px(y, px_per_um) / step
+    cols = um_to_px(x, px_per_um) / step
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
     out = ndimage.map_coordinates(work, [rr, cc], order=order, mode="nearest")
     if order > 1:  # splines overshoot at edges; keep the input's range
@@ -181,6 +191,40 @@ class PreparedPair:
     def lm_frame_from_confocal(self) -> np.ndarray:
         """3x3 matrix mapping original confocal um to crop-frame um."""
         return translation_matrix(-self.crop_origin_um[0], -self.crop_origin_um[1])
+
+    def frame_record(self, ground_truth: dict | None = None) -> dict:
+        """What ``frame.json`` says about this pair: sampling, shapes, the crop, and the
+        ground truth (a synthetic case's ``ground_truth.json``) mapped into the crop frame.
+
+        Parameters
+        ----------
+        ground_truth : dict, optional
+            ``transform`` (raw TEM um -> raw confocal um) and, for the realistic phantom,
+            ``deformation`` (:class:`clemalign.transforms.DeformationField` as dict).
+        """
+        record = {
+            "em_px_per_um": self.px_per_um,
+            "lm_px_per_um": self.px_per_um,
+            "em_shape": self.em.shape,
+            "lm_shape": self.lm.shape,
+            "lm_crop_origin_um": self.crop_origin_um,
+            "lm_crop_size_um": self.crop_size_um,
+        }
+        if ground_truth is None:
+            return record
+        to_crop = self.lm_frame_from_confocal()
+        record["ground_truth"] = Transform(
+            to_crop @ Transform.from_dict(ground_truth["transform"]).matrix,
+            "em (TEM frame)",
+            "lm (crop frame)",
+            "ground truth mapped into the crop frame",
+        ).to_dict()
+        if "deformation" in ground_truth:
+            field = DeformationField.from_dict(ground_truth["deformation"]).then(to_crop)
+            record["ground_truth"]["method"] += " (least-squares affine of the field)"
+            record["ground_truth_field"] = field.to_dict()
+            record["nonrigid_floor_rms_um"] = field.floor_rms_um()
+        return record
 
 
 def prepare_analogy_pair(
@@ -223,8 +267,7 @@ def prepare_analogy_pair(
         raise ValueError(
             f"need at least 2 landmark pairs for the rough start, got {len(landmarks)}"
         )
-    em_xy = landmarks[["em_x_um", "em_y_um"]].to_numpy(float)
-    lm_xy = landmarks[["lm_x_um", "lm_y_um"]].to_numpy(float)
+    em_xy, lm_xy = landmark_points(landmarks)
     similarity = fit_similarity(em_xy, lm_xy)
 
     em2d = to_unit_float(select_channel(em, "gray"))
@@ -277,9 +320,6 @@ class CaseInputs:
 def _image_with_size(
     case: str, path: str, override: float | None, role: str
 ) -> tuple[np.ndarray, float]:
-    from .errors import CaseError
-    from .io import read_image
-
     try:
         image, from_file = read_image(path)
     except Exception as error:  # noqa: BLE001 - any read failure names the case and file
@@ -312,8 +352,6 @@ def load_case_inputs(case: dict) -> CaseInputs:
         Unreadable file, missing pixel size, or landmarks outside their image (which
         usually means pixel coordinates where um were expected).
     """
-    from .errors import CaseError
-    from .io import read_landmarks
 
     name = case["name"]
     em, em_ppu = _image_with_size(name, case["em"], case.get("em_px_per_um"), "em")
@@ -340,81 +378,3 @@ def load_case_inputs(case: dict) -> CaseInputs:
                 case["landmarks"],
             )
     return CaseInputs(em, em_ppu, lm, lm_ppu, landmarks)
-
-
-#: How a training pair's confocal is brought onto its TEM grid.
-TRAINING_ALIGNMENTS = ("landmarks", "registered")
-
-
-def align_training_pair(
-    em: np.ndarray,
-    lm: np.ndarray,
-    px_per_um: float,
-    landmarks: pd.DataFrame,
-    alignment: str = "landmarks",
-) -> tuple[np.ndarray, np.ndarray]:
-    """The confocal of a training case on its TEM grid, and the TEM -> crop affine used.
-
-    Parameters
-    ----------
-    em, lm : ndarray
-        Preprocessed TEM and confocal crop, both at ``px_per_um``.
-    landmarks : DataFrame
-        ``em_x_um, em_y_um`` (TEM frame) and ``lm_x_um, lm_y_um`` (crop frame), um.
-    alignment : {"landmarks", "registered"}
-        ``"landmarks"``: the affine least-squares fit to the landmarks (what the paper's
-        training pairs rest on). ``"registered"``: that fit refined by mutual-information
-        registration of the TEM to the confocal (:func:`clemalign.register.register_affine`).
-        Landmark fits carry the annotators' error (on the default data 0.04-0.09 um over
-        the field), which the learned mapping inherits as a bias of every prediction;
-        the refinement uses only the training case itself, never the test case.
-
-    Returns
-    -------
-    confocal : ndarray
-        The confocal resampled onto the TEM grid (linear interpolation), NaN where it has
-        no data.
-    matrix : ndarray, shape (3, 3)
-        TEM um -> crop um.
-    """
-    from .register import register_affine
-    from .transforms import fit_affine, warp_image
-
-    if alignment not in TRAINING_ALIGNMENTS:
-        raise ValueError(f"unknown training alignment {alignment!r}; use {TRAINING_ALIGNMENTS}")
-    matrix = fit_affine(
-        landmarks[["em_x_um", "em_y_um"]].to_numpy(float),
-        landmarks[["lm_x_um", "lm_y_um"]].to_numpy(float),
-    )
-    if alignment == "registered":
-        matrix = register_affine(
-            em, lm, matrix, moving_px_per_um=px_per_um, fixed_px_per_um=px_per_um, measure="mi"
-        ).matrix
-    confocal = warp_image(lm, px_per_um, np.linalg.inv(matrix), em.shape, px_per_um, order=1)
-    return confocal, matrix
-
-
-def load_training_pairs(
-    em_paths: list[str],
-    lm_paths: list[str],
-    landmark_paths: list[str],
-    em_intensity: str,
-    alignment: str,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Preprocessed training cases as (TEM as coded, confocal on the TEM grid) pairs.
-
-    Both image-analogy methods learn from these: the TEM through
-    :func:`clemalign.sparse_analogy.em_for_coding` (``em_intensity``), the confocal
-    brought onto the TEM grid by :func:`align_training_pair` (``alignment``); NaN marks
-    confocal pixels without data.
-    """
-    from .io import read_image, read_landmarks
-    from .sparse_analogy import em_for_coding
-
-    pairs = []
-    for em_path, lm_path, lmk_path in zip(em_paths, lm_paths, landmark_paths, strict=True):
-        em, ppu = read_image(em_path)
-        lm, _ = read_image(lm_path)
-        confocal, _ = align_training_pair(em, lm, ppu, read_landmarks(lmk_path), alignment)
-        pairs.append((em_for_coding(em, em_intensity), confocal))
-    return pairs

@@ -73,14 +73,14 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from numba import njit
 from scipy import ndimage
-from scipy.optimize import minimize
+from scipy.optimize import OptimizeResult, minimize
 
-from .transforms import affine_matrix, apply
+from .transforms import affine_matrix, apply, px_to_um, um_to_px
 
 #: Similarity measures of :func:`register_affine`.
 MEASURES = ("ssd", "mi", "wssd")
@@ -337,7 +337,7 @@ def weights_from_uncertainty(uncertainty: np.ndarray) -> np.ndarray:
 def pixel_centres_um(shape: tuple[int, int], px_per_um: float) -> np.ndarray:
     """(x, y) um of every pixel centre of an image of ``shape`` (rows, cols), row-major."""
     rows, cols = np.indices(shape, dtype=np.float64)
-    return np.stack([cols.ravel() + 0.5, rows.ravel() + 0.5], axis=1) / px_per_um
+    return px_to_um(np.stack([cols.ravel(), rows.ravel()], axis=1), px_per_um)
 
 
 def _spline_coefficients(image: np.ndarray) -> np.ndarray:
@@ -348,8 +348,8 @@ def _spline_coefficients(image: np.ndarray) -> np.ndarray:
 
 def _inside(xy_um: np.ndarray, shape: tuple[int, int], px_per_um: float) -> np.ndarray:
     """Boolean: (x, y) um points between the outermost pixel centres of ``shape``."""
-    col = xy_um[:, 0] * px_per_um - 0.5
-    row = xy_um[:, 1] * px_per_um - 0.5
+    col = um_to_px(xy_um[:, 0], px_per_um)
+    row = um_to_px(xy_um[:, 1], px_per_um)
     return (col >= 0) & (col <= shape[1] - 1) & (row >= 0) & (row <= shape[0] - 1)
 
 
@@ -358,7 +358,7 @@ def _fixed_samples(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bilinear samples of ``fixed`` at (x, y) um points, and the inside mask."""
     inside = _inside(xy_fixed_um, fixed.shape, px_per_um)
-    rc = xy_fixed_um[inside][:, ::-1] * px_per_um - 0.5
+    rc = um_to_px(xy_fixed_um[inside][:, ::-1], px_per_um)
     values = ndimage.map_coordinates(np.asarray(fixed, np.float64), rc.T, order=1)
     return values, inside
 
@@ -687,22 +687,41 @@ def _half_mask(mask: np.ndarray) -> np.ndarray:
     return mask[:rows, :cols].reshape(rows // 2, 2, cols // 2, 2).all(axis=(1, 3))
 
 
+@dataclass
+class _PyramidLevel:
+    """One pyramid level: moving, fixed, weights (or None), used mask, factor to full size."""
+
+    moving: np.ndarray
+    fixed: np.ndarray
+    weights: np.ndarray | None
+    used: np.ndarray
+    factor: int
+
+
 def _pyramid(
     moving: np.ndarray,
     fixed: np.ndarray,
     weights: np.ndarray | None,
     used: np.ndarray,
     levels: int,
-) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, int]]:
-    """(moving, fixed, weights, used, factor) per level, finest first."""
+) -> list[_PyramidLevel]:
+    """The pyramid levels, finest first; unused moving pixels filled with the used mean."""
     fill = np.where(used, moving, moving[used].mean())
-    out = [(fill, fixed, weights, used, 1)]
+    out = [_PyramidLevel(fill, fixed, weights, used, 1)]
     for _ in range(1, levels):
-        m, f, w, u, factor = out[-1]
-        if min(m.shape) < 32 or min(f.shape) < 32:
+        finer = out[-1]
+        if min(finer.moving.shape) < 32 or min(finer.fixed.shape) < 32:
             break
-        w_half = None if w is None else _half(np.where(u, w, 0.0))
-        out.append((_half(m), _half(f), w_half, _half_mask(u), factor * 2))
+        w_half = None if finer.weights is None else _half(np.where(finer.used, finer.weights, 0.0))
+        out.append(
+            _PyramidLevel(
+                _half(finer.moving),
+                _half(finer.fixed),
+                w_half,
+                _half_mask(finer.used),
+                finer.factor * 2,
+            )
+        )
     return out
 
 
@@ -725,8 +744,8 @@ def _single_thread_blas() -> contextlib.AbstractContextManager:
 class _StepStop:
     """L-BFGS-B callback: stop when no parameter changed by more than ``tol``.
 
-    ``tol`` is in the optimiser's units (pixels of the level); :func:`register_affine`
-    converts its ``tol`` in um.
+    ``tol`` is in the optimiser's units (pixels of the level); :func:`_optimise` converts
+    the step tolerance in um.
     """
 
     def __init__(self, x0: np.ndarray, tol: float) -> None:
@@ -743,6 +762,160 @@ class _StepStop:
         if step <= self.tol:
             self.triggered = True
             raise StopIteration
+
+
+@dataclass
+class _LevelRecord:
+    """What one pyramid level did: one entry of ``RegistrationResult.info["levels"]``."""
+
+    level: int
+    px_per_um: float
+    pixels: int
+    iterations: int
+    evaluations: int
+    cost: float
+    converged: bool
+    message: str
+    seconds: float
+    overlap: float
+
+
+def _checked_inputs(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    start: np.ndarray,
+    measure: str,
+    weights: np.ndarray | None,
+    levels: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(moving, fixed, start) as float64 arrays; ValueError for a bad start, levels, measure."""
+    start = np.asarray(start, dtype=np.float64)
+    if start.shape != (3, 3) or not np.allclose(start[2], [0, 0, 1]):
+        raise ValueError(f"start must be a 3x3 affine matrix, got shape {start.shape}")
+    if levels < 1:
+        raise ValueError(f"levels must be at least 1, got {levels}")
+    _check_measure(measure, weights)
+    moving = np.asarray(moving, dtype=np.float64)
+    fixed = np.asarray(fixed, dtype=np.float64)
+    if moving.ndim != 2 or fixed.ndim != 2:
+        raise ValueError(f"images must be 2D, got {moving.shape} and {fixed.shape}")
+    return moving, fixed, start
+
+
+def _parameterisation(
+    shape: tuple[int, int], px_per_um: float, used: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centre ``c`` and per-axis scale ``s`` (um) of the used pixels of the finest grid."""
+    xy = pixel_centres_um(shape, px_per_um)[used.ravel()]
+    return xy.mean(axis=0), np.maximum(xy.std(axis=0), 1.0 / px_per_um)
+
+
+def _level_cost(
+    level: _PyramidLevel,
+    matrix: np.ndarray,
+    moving_px_per_um: float,
+    fixed_px_per_um: float,
+    **cost_options,
+) -> CostFunction:
+    """The level's cost (:func:`make_cost` with ``cost_options``), statistics under ``matrix``."""
+    return make_cost(
+        level.moving,
+        level.fixed,
+        matrix,
+        moving_px_per_um=moving_px_per_um / level.factor,
+        fixed_px_per_um=fixed_px_per_um / level.factor,
+        weights=None if level.weights is None else np.clip(level.weights, 0.0, 1.0),
+        moving_mask=level.used,
+        **cost_options,
+    )
+
+
+def _optimise(
+    cost: CostFunction,
+    matrix: np.ndarray,
+    unit: float,
+    step_tol_um: float,
+    max_iter: int,
+    ftol: float,
+    gtol: float,
+) -> tuple[np.ndarray, OptimizeResult, bool]:
+    """L-BFGS-B from ``matrix`` in units of ``unit`` um: (params um, result, step stop hit)."""
+
+    # The optimiser works in units of one pixel of the level (um * px_per_um): its
+    # first, gradient-direction step has unit length, i.e. about one pixel, so it
+    # cannot jump out of the basin of the start (with um units the first step was
+    # ~1 um, and SSD on the raw TEM then left the basin in 1 of 5 perturbed starts).
+    def scaled(z: np.ndarray) -> tuple[float, np.ndarray]:
+        value, grad = cost(z * unit)
+        return value, grad * unit
+
+    z0 = cost.params(matrix) / unit
+    stop = _StepStop(z0, step_tol_um / unit)
+    with _single_thread_blas():
+        res = minimize(
+            scaled,
+            z0,
+            jac=True,
+            method="L-BFGS-B",
+            callback=stop,
+            options={"maxiter": max_iter, "ftol": ftol, "gtol": gtol, "maxcor": 10},
+        )
+    return res.x * unit, res, stop.triggered
+
+
+def _level_record(
+    level: _PyramidLevel,
+    px_per_um: float,
+    cost: CostFunction,
+    value: float,
+    res: OptimizeResult,
+    stopped: bool,
+    step_tol_um: float,
+    t0: float,
+) -> _LevelRecord:
+    """The record of a finished level (``px_per_um``: the level's moving sampling)."""
+    return _LevelRecord(
+        level=int(np.log2(level.factor)),
+        px_per_um=px_per_um,
+        pixels=cost.n_pixels,
+        iterations=int(res.nit),
+        evaluations=int(res.nfev),
+        cost=float(value),
+        converged=stopped or bool(res.success),
+        message=f"step below {step_tol_um:g} um" if stopped else str(res.message),
+        seconds=time.perf_counter() - t0,
+        overlap=float(cost.last_overlap),
+    )
+
+
+def _assemble_result(
+    matrix: np.ndarray,
+    measure: str,
+    records: list[_LevelRecord],
+    t_all: float,
+    bins: int,
+    normalize: bool,
+    center: np.ndarray,
+    scale: np.ndarray,
+) -> RegistrationResult:
+    """The result: final matrix and cost (finest level), per-level records and options."""
+    levels = [asdict(record) for record in records]
+    return RegistrationResult(
+        matrix=matrix,
+        measure=measure,
+        value=records[-1].cost,
+        info={
+            "levels": levels,
+            "overlap": records[-1].overlap,
+            "seconds": time.perf_counter() - t_all,
+            "bins": bins if measure == "mi" else None,
+            "normalize": normalize if measure != "mi" else None,
+            "parameterisation": {
+                "center_um": center.tolist(),
+                "scale_um": scale.tolist(),
+            },
+        },
+    )
 
 
 def register_affine(
@@ -814,102 +987,31 @@ def register_affine(
         See :func:`make_cost`; also a start that is not a 3x3 affine, or ``levels < 1``.
     """
     t_all = time.perf_counter()
-    start = np.asarray(start, dtype=np.float64)
-    if start.shape != (3, 3) or not np.allclose(start[2], [0, 0, 1]):
-        raise ValueError(f"start must be a 3x3 affine matrix, got shape {start.shape}")
-    if levels < 1:
-        raise ValueError(f"levels must be at least 1, got {levels}")
-    _check_measure(measure, weights)
-    moving = np.asarray(moving, dtype=np.float64)
-    fixed = np.asarray(fixed, dtype=np.float64)
-    if moving.ndim != 2 or fixed.ndim != 2:
-        raise ValueError(f"images must be 2D, got {moving.shape} and {fixed.shape}")
+    moving, fixed, start = _checked_inputs(moving, fixed, start, measure, weights, levels)
     w_img, used = _used_pixels(moving, weights, moving_mask)
-    # the parameterisation's centre and scale come from the finest grid, for all levels
-    xy = pixel_centres_um(moving.shape, moving_px_per_um)[used.ravel()]
-    center = xy.mean(axis=0)
-    scale = np.maximum(xy.std(axis=0), 1.0 / moving_px_per_um)
+    center, scale = _parameterisation(moving.shape, moving_px_per_um, used)  # for all levels
     pyramid = _pyramid(moving, fixed, None if weights is None else w_img, used, levels)
+    cost_options = {
+        "measure": measure,
+        "bins": bins,
+        "normalize": normalize,
+        "min_overlap": min_overlap,
+        "center_um": center,
+        "scale_um": scale,
+    }
     matrix = start.copy()
     records = []
-    value = float("nan")
-    cost = None
-    for m_img, f_img, w_lvl, u_lvl, factor in reversed(pyramid):
+    for level in reversed(pyramid):  # coarse to fine
         t0 = time.perf_counter()
-        cost = make_cost(
-            m_img,
-            f_img,
-            matrix,
-            moving_px_per_um=moving_px_per_um / factor,
-            fixed_px_per_um=fixed_px_per_um / factor,
-            measure=measure,
-            weights=None if w_lvl is None else np.clip(w_lvl, 0.0, 1.0),
-            moving_mask=u_lvl,
-            bins=bins,
-            normalize=normalize,
-            min_overlap=min_overlap,
-            center_um=center,
-            scale_um=scale,
-        )
-        # The optimiser works in units of one pixel of this level (um * px_per_um): its
-        # first, gradient-direction step has unit length, i.e. about one pixel, so it
-        # cannot jump out of the basin of the start (with um units the first step was
-        # ~1 um, and SSD on the raw TEM then left the basin in 1 of 5 perturbed starts).
-        unit = factor / moving_px_per_um
-
-        def scaled(z: np.ndarray, cost=cost, unit=unit) -> tuple[float, np.ndarray]:
-            value, grad = cost(z * unit)
-            return value, grad * unit
-
-        z0 = cost.params(matrix) / unit
-        stop = _StepStop(z0, tol * factor / unit)
-        with _single_thread_blas():
-            res = minimize(
-                scaled,
-                z0,
-                jac=True,
-                method="L-BFGS-B",
-                callback=stop,
-                options={"maxiter": max_iter, "ftol": ftol, "gtol": gtol, "maxcor": 10},
-            )
-        x = res.x * unit
+        cost = _level_cost(level, matrix, moving_px_per_um, fixed_px_per_um, **cost_options)
+        unit = level.factor / moving_px_per_um  # the level's pixel, um
+        step_tol = tol * level.factor
+        x, res, stopped = _optimise(cost, matrix, unit, step_tol, max_iter, ftol, gtol)
         value, _ = cost(x)  # also refreshes the overlap of the final parameters
         matrix = cost.matrix(x)
-        if stop.triggered:
-            message = f"step below {tol * factor:g} um"
-        else:
-            message = str(res.message)
-        converged = stop.triggered or bool(res.success)
-        records.append(
-            {
-                "level": int(np.log2(factor)),
-                "px_per_um": moving_px_per_um / factor,
-                "pixels": cost.n_pixels,
-                "iterations": int(res.nit),
-                "evaluations": int(res.nfev),
-                "cost": float(value),
-                "converged": converged,
-                "message": message,
-                "seconds": time.perf_counter() - t0,
-                "overlap": float(cost.last_overlap),
-            }
-        )
-    return RegistrationResult(
-        matrix=matrix,
-        measure=measure,
-        value=float(value),
-        info={
-            "levels": records,
-            "overlap": records[-1]["overlap"],
-            "seconds": time.perf_counter() - t_all,
-            "bins": bins if measure == "mi" else None,
-            "normalize": normalize if measure != "mi" else None,
-            "parameterisation": {
-                "center_um": center.tolist(),
-                "scale_um": scale.tolist(),
-            },
-        },
-    )
+        px_per_um = moving_px_per_um / level.factor
+        records.append(_level_record(level, px_per_um, cost, value, res, stopped, step_tol, t0))
+    return _assemble_result(matrix, measure, records, t_all, bins, normalize, center, scale)
 
 
 # ------------------------------------------------------------------ evaluation helpers

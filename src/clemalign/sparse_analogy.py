@@ -5,8 +5,8 @@ Images are 2D float arrays in [0, 1] on a common sampling (the preprocessed fram
 columns. Patch ``i`` is the window whose top-left pixel is ``(row, col)`` in row-major
 order over all valid positions.
 
-* :func:`training_patches`: random paired TEM/confocal patches from training cases, the
-  confocal brought into the TEM frame by the affine fitted to that case's landmarks.
+* :func:`em_for_coding`: the TEM as the dictionaries see it (training pairs and patches:
+  :mod:`clemalign.training`).
 * :func:`predict_decoupled`: each TEM patch coded alone against the TEM half of the
   dictionary, the confocal halves of the codes averaged where patches overlap (what the
   authors' published code runs), and the spread of those overlapping predictions.
@@ -18,12 +18,12 @@ order over all valid positions.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import sparse
 
@@ -93,54 +93,6 @@ def em_for_coding(tem: np.ndarray, mode: str) -> np.ndarray:
     if mode == "raw":
         return np.asarray(tem, dtype=np.float64)
     raise ValueError(f"unknown em_intensity {mode!r}; use one of {EM_INTENSITY}")
-
-
-def confocal_in_em_frame(
-    em: np.ndarray, lm: np.ndarray, px_per_um: float, landmarks: pd.DataFrame
-) -> np.ndarray:
-    """The confocal resampled onto the TEM grid through the affine fitted to the landmarks.
-
-    Both images are in the preprocessed sampling ``px_per_um``; landmarks hold ``em_*``
-    in the TEM frame and ``lm_*`` in the crop frame (um). Pixels the confocal does not
-    cover are NaN. (:func:`clemalign.preprocess.align_training_pair` with
-    ``"landmarks"``.)
-    """
-    from .preprocess import align_training_pair
-
-    return align_training_pair(em, lm, px_per_um, landmarks, "landmarks")[0]
-
-
-def training_patches(
-    pairs: list[tuple[np.ndarray, np.ndarray]], n_patches: int, size: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Random paired patches, TEM on top of confocal: columns of length 2 size².
-
-    Parameters
-    ----------
-    pairs : list of (tem, confocal)
-        Aligned images (same grid); NaN marks confocal pixels without data.
-    n_patches : int
-        Total number of patches, split evenly over the pairs.
-    size : int
-        Patch side, px.
-    rng : numpy.random.Generator
-
-    Returns
-    -------
-    ndarray, shape (2 size², n_patches)
-    """
-    out = []
-    share = np.diff(np.linspace(0, n_patches, len(pairs) + 1).round().astype(int))
-    for (tem, conf), n in zip(pairs, share, strict=True):
-        valid = ~np.isnan(sliding_window_view(conf, (size, size))).any(axis=(2, 3))
-        positions = np.flatnonzero(valid)
-        if positions.size == 0:
-            raise ValueError("a training pair has no patch where the confocal has data")
-        pick = rng.choice(positions, n, replace=positions.size < n)
-        top = extract_patches(tem, size)[:, pick]
-        bottom = extract_patches(np.nan_to_num(conf), size)[:, pick]
-        out.append(np.vstack([top, bottom]))
-    return np.hstack(out)
 
 
 # ------------------------------------------------------------------------ prediction
@@ -412,3 +364,143 @@ def reconstruct(
         "patch_dim": m1,
     }
     return Prediction(u1, u2, spread, codes, info)
+
+
+# ----------------------------------------------------------- the workflow's three steps
+
+
+@dataclass
+class JointDictionary:
+    """A joint TEM/confocal dictionary (paper eq. 8), atoms ordered most used first.
+
+    Attributes
+    ----------
+    D1, D2 : ndarray, shape (patch_size², k)
+        TEM and confocal halves; atom ``j`` is ``D1[:, j]`` over ``D2[:, j]`` (unit norm
+        together), patches flattened row by row.
+    usage : ndarray of int, shape (k,)
+        Training patches whose lasso code uses each atom.
+    training_cases : list of str
+        Names of the cases the patches came from.
+    history : ndarray
+        Learning objective per pass.
+    converged : bool
+        Whether learning stopped on its tolerance (not the pass cap).
+    params : dict
+        The settings it was learned with (patch size, lambda, ...).
+    """
+
+    D1: np.ndarray
+    D2: np.ndarray
+    usage: np.ndarray
+    training_cases: list[str]
+    history: np.ndarray
+    converged: bool
+    params: dict
+
+    @property
+    def patch_size(self) -> int:
+        """Patch side, px."""
+        return int(round(np.sqrt(self.D1.shape[0])))
+
+    def save(self, path) -> None:
+        """Write the dictionary as a compressed ``.npz`` (keys as the attributes)."""
+        np.savez_compressed(
+            path,
+            D1=self.D1,
+            D2=self.D2,
+            usage=self.usage,
+            history=np.asarray(self.history),
+            converged=self.converged,
+            training_cases=np.array(self.training_cases),
+            params=json.dumps({k: self.params[k] for k in sorted(self.params)}),
+        )
+
+    @classmethod
+    def load(cls, path) -> JointDictionary:
+        """Read a dictionary written by :meth:`save`."""
+        with np.load(path) as data:
+            return cls(
+                data["D1"],
+                data["D2"],
+                data["usage"],
+                data["training_cases"].tolist(),
+                data["history"],
+                bool(data["converged"]),
+                json.loads(str(data["params"])),
+            )
+
+
+@dataclass
+class ConfocalPrediction:
+    """The confocal predicted from a TEM image by eq. 7.
+
+    Attributes
+    ----------
+    confocal : ndarray
+        The prediction ``u2`` on the TEM grid, [0, 1] confocal intensities.
+    tem_denoised : ndarray
+        ``u1`` brought back to TEM contrast (:func:`em_for_coding`).
+    uncertainty : ndarray
+        Spread of the overlapping patch predictions scaled to [0, 1] by its 99th
+        percentile (:func:`scale_unit`): eq. 12's SSD weights are ``1 - uncertainty``
+        (:func:`clemalign.register.weights_from_uncertainty`).
+    joint : Prediction
+        The full solution (codes, iterations, optimality violation).
+    """
+
+    confocal: np.ndarray
+    tem_denoised: np.ndarray
+    uncertainty: np.ndarray
+    joint: Prediction
+
+
+def predict_confocal(
+    tem: np.ndarray,
+    dictionary: JointDictionary,
+    *,
+    em_intensity: str = "inverted",
+    lam: float = 1.0,
+    gamma: float = 0.01,
+    tol: float = 1e-6,
+    max_iter: int = 40,
+    log: logging.Logger | None = None,
+) -> ConfocalPrediction:
+    """Predict the confocal from a TEM image (paper eq. 7, solved to its optimum).
+
+    Parameters
+    ----------
+    tem : ndarray
+        Preprocessed TEM in [0, 1], at the sampling the dictionary was learned at.
+    dictionary : JointDictionary
+    em_intensity : {"inverted", "raw"}
+        How the dictionary saw the TEM (:func:`em_for_coding`); must match learning.
+    lam, gamma : float
+        λ and γ of eq. 7 (paper: 1 and 0.01).
+    tol, max_iter
+        Stopping of :func:`reconstruct`.
+    """
+    coded = em_for_coding(tem, em_intensity)
+    joint = reconstruct(
+        coded, dictionary.D1, dictionary.D2, lam, gamma, dictionary.patch_size, tol, max_iter, log
+    )
+    return ConfocalPrediction(
+        joint.u2, em_for_coding(joint.u1, em_intensity), scale_unit(joint.spread), joint
+    )
+
+
+def denoise_confocal(
+    confocal: np.ndarray,
+    dictionary: JointDictionary,
+    *,
+    lam: float = 1.0,
+    gamma: float = 0.01,
+    tol: float = 1e-6,
+    max_iter: int = 40,
+    log: logging.Logger | None = None,
+) -> Prediction:
+    """The confocal consistently denoised by the dictionary's confocal half (paper eq. 5,
+    sec. 4.7): :func:`reconstruct` with ``D2`` alone; the image is ``.u1``."""
+    return reconstruct(
+        confocal, dictionary.D2, None, lam, gamma, dictionary.patch_size, tol, max_iter, log
+    )

@@ -155,16 +155,30 @@ def fit_similarity(
     return matrix
 
 
+def px_to_um(index: np.ndarray | float, px_per_um: float) -> np.ndarray | float:
+    """Pixel index along one axis -> um of that pixel's centre: ``(i + 0.5) / p``.
+
+    The one place of the pixel-centre convention (see :mod:`clemalign`), with
+    :func:`um_to_px`.
+    """
+    return (index + 0.5) / px_per_um
+
+
+def um_to_px(coord_um: np.ndarray | float, px_per_um: float) -> np.ndarray | float:
+    """um along one axis -> fractional pixel index (centres at integers): ``x p - 0.5``."""
+    return coord_um * px_per_um - 0.5
+
+
 def rc_px_to_xy_um(rc_px: np.ndarray, px_per_um: float) -> np.ndarray:
     """Pixel indices (row, col) (N, 2) -> physical (x, y) um of the pixel centres."""
     rc = np.asarray(rc_px, dtype=float).reshape(-1, 2)
-    return (rc[:, ::-1] + 0.5) / px_per_um
+    return px_to_um(rc[:, ::-1], px_per_um)
 
 
 def xy_um_to_rc_px(xy_um: np.ndarray, px_per_um: float) -> np.ndarray:
     """Physical (x, y) um (N, 2) -> fractional pixel indices (row, col)."""
     xy = np.asarray(xy_um, dtype=float).reshape(-1, 2)
-    return xy[:, ::-1] * px_per_um - 0.5
+    return um_to_px(xy[:, ::-1], px_per_um)
 
 
 @dataclass

@@ -39,7 +39,8 @@ rule register_fiducials:
 
 rule table1:
     input:
-        expand(f"{R}/fiducials/{{case}}/summary.json", case=cases_of("fiducial")),
+        summaries=expand(f"{R}/fiducials/{{case}}/summary.json", case=cases_of("fiducial")),
+        frames=expand(f"{R}/preprocessed/{{case}}/frame.json", case=cases_of("fiducial")),
     output:
         long=f"{R}/tables/table1_fiducials_long.csv",
         csv=f"{R}/tables/table1_fiducials.csv",

@@ -1,5 +1,6 @@
 # Preprocessing. Analogy track: green channel, confocal crop around the TEM footprint,
-# both resampled to 14.52 px/um, landmarks in that frame, rough similarity start.
+# both resampled to preprocess.px_per_um (paper: 14.52), landmarks in that frame, rough
+# similarity start.
 # Fiducial track: bead channel as float at native sampling (resampling to 14.52 px/um
 # would shrink a 100 nm bead to 1.5 px).
 

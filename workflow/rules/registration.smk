@@ -73,6 +73,8 @@ rule table2:
             caption="../report/table2.rst",
             category="Tables",
         ),
+    params:
+        px_per_um=config["preprocess"]["px_per_um"],
     log:
         f"{R}/logs/table2.log",
     benchmark:
@@ -99,7 +101,7 @@ rule capture_range:
         case=constraint(cases_of("analogy")),
         source="sparse|sparse_denoised|hertzmann|raw",
     params:
-        registration=REGISTRATION,
+        optimiser=REGISTRATION["optimiser"],
         capture=config["registration"]["capture_range"],
         seed=config["seed"],
     log:

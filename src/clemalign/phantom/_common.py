@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..settings import merge_params  # noqa: F401 - re-exported for the phantoms
+from ..transforms import px_to_um
 
 
 @dataclass
@@ -123,8 +124,8 @@ def ellipse_distance(
 
 def pixel_grid_um(rows: slice, cols: slice, px_per_um: float) -> tuple[np.ndarray, np.ndarray]:
     """Physical (x, y) um of pixel centres for a block of rows and columns."""
-    r = (np.arange(rows.start, rows.stop) + 0.5) / px_per_um
-    c = (np.arange(cols.start, cols.stop) + 0.5) / px_per_um
+    r = px_to_um(np.arange(rows.start, rows.stop), px_per_um)
+    c = px_to_um(np.arange(cols.start, cols.stop), px_per_um)
     x, y = np.meshgrid(c, r)
     return x, y
 

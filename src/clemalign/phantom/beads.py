@@ -43,7 +43,7 @@ import pandas as pd
 from scipy import ndimage
 
 from ..io import LANDMARK_COLUMNS
-from ..transforms import Transform, affine_matrix, apply
+from ..transforms import Transform, affine_matrix, apply, um_to_px
 from ._common import (
     SyntheticCase,
     ValueNoise,
@@ -223,7 +223,7 @@ def _render_emitter(
     """
     ss = _SUPERSAMPLE
     half_px = (extent_um + 4.5 * sigma_ss / (lm_ppu * ss)) * lm_ppu
-    win = _window((center[0] * lm_ppu - 0.5, center[1] * lm_ppu - 0.5), half_px, canvas.shape)
+    win = _window((um_to_px(center[0], lm_ppu), um_to_px(center[1], lm_ppu)), half_px, canvas.shape)
     if win is None:
         return
     rows, cols = win
@@ -392,7 +392,7 @@ def _paint_blob(
     """Darken a world-frame organelle in the SEM image, with a darker membrane rim."""
     ce = apply(inv, np.array(blob.center))[0]
     half_px = 1.25 * max(blob.semi_axes) / em_scale * em_ppu + 3
-    win = _window((ce[0] * em_ppu - 0.5, ce[1] * em_ppu - 0.5), half_px, img.shape)
+    win = _window((um_to_px(ce[0], em_ppu), um_to_px(ce[1], em_ppu)), half_px, img.shape)
     if win is None:
         return
     d, _ = ellipse_distance(xw[win], yw[win], blob.center, blob.semi_axes, blob.angle, blob.wobble)
@@ -438,7 +438,7 @@ def _render_sem(
     # Bright non-bead blobs (in em um).
     for blob in spurious:
         win = _window(
-            (blob.center[0] * em_ppu - 0.5, blob.center[1] * em_ppu - 0.5),
+            (um_to_px(blob.center[0], em_ppu), um_to_px(blob.center[1], em_ppu)),
             1.4 * max(blob.semi_axes) * em_ppu + 2,
             shape,
         )
@@ -456,7 +456,7 @@ def _render_sem(
         if not np.isfinite(value):
             continue  # buried: not drawn
         win = _window(
-            (bx * em_ppu - 0.5, by * em_ppu - 0.5),
+            (um_to_px(bx, em_ppu), um_to_px(by, em_ppu)),
             (bead_radius_em + 4 * halo_um) * em_ppu + 1,
             shape,
         )

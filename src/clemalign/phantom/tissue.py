@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..transforms import apply
+from ..transforms import apply, px_to_um
 from ._common import (
     ValueNoise,
     confocal_detector,
@@ -335,8 +335,8 @@ class _Frame:
         return self._block(rows, cols)
 
     def _block(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
-        r = (np.arange(rows.start, rows.stop) + self.row0 + 0.5) / self.ppu
-        c = (np.arange(cols.start, cols.stop) + 0.5) / self.ppu
+        r = px_to_um(np.arange(rows.start, rows.stop) + self.row0, self.ppu)
+        c = px_to_um(np.arange(cols.start, cols.stop), self.ppu)
         x, y = np.meshgrid(c, r)
         if self.warp is not None:
             dx, dy = self.warp(x, y)

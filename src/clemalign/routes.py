@@ -1,0 +1,277 @@
+"""Registration routes of the analogy track: which moving image is registered against the
+confocal under which measures (paper sec. 4.7 and 5.3), and the capture range.
+
+For every case the moving image lives on the preprocessed TEM grid and the fixed image
+is the confocal crop; transforms map TEM um to crop um. The *sources* are:
+
+``sparse``
+    the sparse-analogy prediction against the confocal (measures ssd, mi, and wssd: eq.
+    12 weighted by ``1 - uncertainty``);
+``sparse_denoised``
+    the same prediction against the consistently denoised confocal (sec. 4.7);
+``hertzmann``
+    the original image-analogy prediction against the confocal;
+``raw``
+    the TEM itself: inverted (``1 - TEM``) for SSD, as the paper notes, raw for MI.
+
+How each answer is scored is :mod:`clemalign.evaluation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .evaluation import score
+from .io import read_image
+from .register import grid_error_um, perturb_affine, register_affine, weights_from_uncertainty
+
+#: Moving-image sources, in the order of the tables.
+SOURCES = ("sparse", "sparse_denoised", "hertzmann", "raw")
+#: Sources whose prediction has an uncertainty map, so eq. 12 applies.
+WEIGHTED_SOURCES = ("sparse", "sparse_denoised")
+
+
+def source_measures(source: str, measures: list[str], weighted_ssd: bool) -> list[str]:
+    """Measures registered for a source: the configured ones, plus ``wssd`` where it applies."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown registration source {source!r}; use one of {SOURCES}")
+    out = list(measures)
+    if weighted_ssd and source in WEIGHTED_SOURCES:
+        out.append("wssd")
+    return out
+
+
+def moving_image(source: str, measure: str, tem: np.ndarray, predicted: np.ndarray | None):
+    """The moving image of a (source, measure): the prediction, or the TEM for ``raw``.
+
+    For ``raw`` the TEM is inverted (``1 - TEM``, intensities in [0, 1]) under SSD, where
+    dark-in-TEM must meet bright-in-confocal, and kept as it is under MI, which does not
+    care.
+    """
+    if source == "raw":
+        tem = np.asarray(tem, dtype=np.float64)
+        return 1.0 - tem if measure in ("ssd", "wssd") else tem
+    if predicted is None:
+        raise ValueError(f"source {source!r} needs a predicted image")
+    return np.asarray(predicted, dtype=np.float64)
+
+
+@dataclass
+class RegistrationImages:
+    """What one (case, source) registers: all on the preprocessed sampling ``px_per_um``.
+
+    Attributes
+    ----------
+    tem : ndarray
+        The preprocessed TEM (moving grid).
+    fixed : ndarray
+        The confocal crop, or its denoised version for ``sparse_denoised``.
+    predicted : ndarray or None
+        The predicted confocal on the TEM grid (None for ``raw``).
+    weights : ndarray or None
+        Eq. 12 weights ``1 - uncertainty`` on the TEM grid (sparse sources only).
+    px_per_um : float
+    """
+
+    tem: np.ndarray
+    fixed: np.ndarray
+    predicted: np.ndarray | None
+    weights: np.ndarray | None
+    px_per_um: float
+
+
+def load_registration_images(
+    case: str,
+    em: str,
+    fixed: str,
+    predicted: str | None = None,
+    uncertainty: str | None = None,
+) -> RegistrationImages:
+    """Read the images of one registration and check they share one sampling.
+
+    Raises
+    ------
+    ValueError
+        Naming the case and the file whose px/um differs from the TEM's.
+    """
+    tem, ppu = read_image(em)
+    fixed_img, fixed_ppu = read_image(fixed)
+    if abs(fixed_ppu - ppu) > 1e-6 * ppu:
+        raise ValueError(f"case {case}: {fixed} is at {fixed_ppu} px/um, the TEM at {ppu}")
+    pred = None if predicted is None else read_image(predicted)[0]
+    weights = None if uncertainty is None else weights_from_uncertainty(read_image(uncertainty)[0])
+    return RegistrationImages(tem, fixed_img, pred, weights, ppu)
+
+
+def register_measures(
+    moving_for: Callable[[str], np.ndarray],
+    fixed: np.ndarray,
+    start: np.ndarray,
+    measures: list[str],
+    px_per_um: float,
+    weights: np.ndarray | None = None,
+    options: Mapping[str, object] | None = None,
+) -> dict[str, dict]:
+    """Register one source under each measure; a failure is recorded, not raised.
+
+    Parameters
+    ----------
+    moving_for : callable
+        ``measure -> moving image`` on the TEM grid.
+    fixed : ndarray
+        Confocal crop (same sampling).
+    start : ndarray, shape (3, 3)
+        Starting TEM -> crop matrix, um.
+    measures : list of str
+        ``ssd``, ``mi``, ``wssd``.
+    px_per_um : float
+        Sampling of both images.
+    weights : ndarray, optional
+        Eq. 12 weights on the TEM grid, in [0, 1] (``wssd`` only).
+    options : mapping, optional
+        Keyword options of :func:`clemalign.register.register_affine` (levels, bins...).
+
+    Returns
+    -------
+    dict
+        Per measure: ``status`` (``ok`` or ``failed: <reason>``), and when ok ``matrix``
+        (nested lists), ``value`` and ``info``.
+    """
+    options = dict(options or {})
+    out: dict[str, dict] = {}
+    for measure in measures:
+        try:
+            result = register_affine(
+                moving_for(measure),
+                fixed,
+                start,
+                moving_px_per_um=px_per_um,
+                fixed_px_per_um=px_per_um,
+                measure=measure,
+                weights=weights if measure == "wssd" else None,
+                **options,
+            )
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError) as err:
+            out[measure] = {"status": f"failed: {err}"}
+            continue
+        out[measure] = {
+            "status": "ok",
+            "matrix": np.asarray(result.matrix).tolist(),
+            "value": float(result.value),
+            "info": result.info,
+        }
+    return out
+
+
+def capture_trials(
+    moving_for: Callable[[str], np.ndarray],
+    fixed: np.ndarray,
+    start: np.ndarray,
+    answers: Mapping[str, np.ndarray],
+    px_per_um: float,
+    rng: np.random.Generator,
+    trials: int,
+    bounds: Mapping[str, float],
+    success_um: float,
+    landmarks: pd.DataFrame,
+    ground_truth: np.ndarray | None,
+    weights: np.ndarray | None = None,
+    options: Mapping[str, object] | None = None,
+) -> pd.DataFrame:
+    """Register again from perturbed starts; did each come back to its unperturbed answer?
+
+    The same ``trials`` perturbations (drawn once from ``rng``) are used for every
+    measure, so measures are compared on equal starts.
+
+    Parameters
+    ----------
+    answers : mapping
+        Measure -> unperturbed answer (3x3, TEM um -> crop um); only these measures run.
+    bounds : mapping
+        ``max_rotation_deg``, ``max_scale``, ``max_shear``, ``max_translation_px``.
+    success_um : float
+        A trial succeeds when its mean distance over the TEM grid to the unperturbed
+        answer is at most this.
+    (others as in :func:`register_measures` and :func:`score`)
+
+    Returns
+    -------
+    DataFrame
+        One row per (measure, trial): ``measure, trial, start_um`` (the perturbed start's
+        distance to the unperturbed one), ``to_answer_um``, ``success``, ``error_um`` (the
+        ground-truth grid error when there is ground truth, else the landmark MAE),
+        ``reference`` (which of the two), ``status``.
+    """
+    columns = ["measure", "trial", "start_um", "to_answer_um", "success", "error_um", "status"]
+    reference = "ground truth" if ground_truth is not None else "landmarks"
+    if not answers:
+        return pd.DataFrame(columns=[*columns, "reference"])
+    shape = np.asarray(moving_for(next(iter(answers)))).shape  # the TEM grid
+    centre = (shape[1] / (2 * px_per_um), shape[0] / (2 * px_per_um))
+    starts = [
+        perturb_affine(
+            start,
+            rng,
+            centre,
+            max_rotation_deg=bounds["max_rotation_deg"],
+            max_scale=bounds["max_scale"],
+            max_shear=bounds["max_shear"],
+            max_translation_um=bounds["max_translation_px"] / px_per_um,
+        )
+        for _ in range(trials)
+    ]
+    rows = []
+    for measure, answer in answers.items():
+        for trial, perturbed in enumerate(starts):
+            got = register_measures(
+                moving_for, fixed, perturbed, [measure], px_per_um, weights, options
+            )[measure]
+            row = {
+                "measure": measure,
+                "trial": trial,
+                "start_um": grid_error_um(perturbed, answer, shape, px_per_um),
+                "status": got["status"],
+            }
+            if got["status"] == "ok":
+                matrix = np.asarray(got["matrix"])
+                to_answer = grid_error_um(matrix, answer, shape, px_per_um)
+                scored = score(matrix, landmarks, ground_truth, shape, px_per_um)
+                row |= {
+                    "to_answer_um": to_answer,
+                    "success": bool(to_answer <= success_um),
+                    "error_um": scored["gt_mean_um" if ground_truth is not None else "mae_um"],
+                }
+            else:
+                row |= {"to_answer_um": np.nan, "success": False, "error_um": np.nan}
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=columns)
+    table["reference"] = reference
+    return table
+
+
+def capture_summary(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per (case, source, measure): trials, success rate, median error (um).
+
+    ``median_um`` is the median over the trials of ``error_um`` (ground-truth grid error
+    where ground truth is known, otherwise the landmark MAE; ``reference`` says which);
+    failed trials count as failures and do not enter the median.
+    """
+    rows = []
+    keys = ["case", "source", "measure", "reference"]
+    for (case, source, measure, reference), group in trials.groupby(keys, sort=False):
+        rows.append(
+            {
+                "case": case,
+                "source": source,
+                "measure": measure,
+                "trials": len(group),
+                "success_rate": float(group["success"].mean()),
+                "median_um": float(group["error_um"].median()),
+                "reference": reference,
+            }
+        )
+    return pd.DataFrame(rows)
