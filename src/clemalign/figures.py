@@ -22,6 +22,8 @@ from .transforms import apply, warp_image
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
+    from .fiducials import MethodOutcome
+
 
 def _extent(shape: tuple[int, ...], px_per_um: float) -> tuple[float, float, float, float]:
     """imshow extent (left, right, bottom, top) in um for the pixel-corner convention."""
@@ -43,9 +45,14 @@ def _stretch(image: np.ndarray) -> np.ndarray:
     return np.clip((img - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
 
 
-def _outline(ax: Axes, matrix: np.ndarray, width: float, height: float, **style) -> None:
+def _footprint(matrix: np.ndarray, width: float, height: float) -> np.ndarray:
+    """Closed outline (5, 2) of a width x height um field mapped by a 3x3 matrix."""
     corners = np.array([[0, 0], [width, 0], [width, height], [0, height], [0, 0]], dtype=float)
-    mapped = apply(matrix, corners)
+    return apply(matrix, corners)
+
+
+def _outline(ax: Axes, matrix: np.ndarray, width: float, height: float, **style) -> None:
+    mapped = _footprint(matrix, width, height)
     ax.plot(mapped[:, 0], mapped[:, 1], **style)
 
 
@@ -201,101 +208,152 @@ def fiducial_figure(
 
     outcome = result.outcomes[method]
     fig = Figure(figsize=(16, 10.5))
-    axes = fig.subplots(2, 3)
-    ax = axes.ravel()
+    ax = fig.subplots(2, 3).ravel()
     matched_src = outcome.pairs_src_um if outcome.matrix is not None else np.zeros((0, 2))
-    ax[0].imshow(_stretch(em), cmap="gray", extent=_extent(em.shape, em_px_per_um))
-    b = result.em_beads.xy_um
-    ax[0].scatter(b[:, 0], b[:, 1], s=60, facecolors="none", edgecolors="yellow", lw=1)
-    ax[0].scatter(matched_src[:, 0], matched_src[:, 1], s=12, c="red")
-    ax[0].set_title(
-        f"(a) {case}: SEM, {len(b)} beads detected, {len(matched_src)} matched", fontsize=9
-    )
-    ax[1].imshow(_stretch(lm), cmap="gray", extent=_extent(lm.shape, lm_px_per_um))
-    b = result.lm_beads.xy_um
-    ax[1].scatter(b[:, 0], b[:, 1], s=60, facecolors="none", edgecolors="yellow", lw=1)
-    ax[1].set_title(f"(b) confocal, {len(b)} beads detected", fontsize=9)
-
+    _sem_beads_panel(ax[0], case, em, em_px_per_um, result.em_beads.xy_um, matched_src)
+    _confocal_beads_panel(ax[1], lm, lm_px_per_um, result.lm_beads.xy_um)
     em_w, em_h = em.shape[1] / em_px_per_um, em.shape[0] / em_px_per_um
-    corners = np.array([[0, 0], [em_w, 0], [em_w, em_h], [0, em_h], [0, 0]], dtype=float)
     if outcome.matrix is not None:
-        warped = warp_image(em, em_px_per_um, outcome.matrix, lm.shape, lm_px_per_um, cval=0.0)
-        rgb = np.zeros(lm.shape + (3,), np.float32)
-        rgb[..., 1] = _stretch(lm)
-        rgb[..., 0] = rgb[..., 2] = _stretch(warped)
-        ax[2].imshow(rgb, extent=_extent(lm.shape, lm_px_per_um))
-        foot = apply(outcome.matrix, corners)
-        for a in (ax[1], ax[2]):
-            a.plot(foot[:, 0], foot[:, 1], color="white", lw=1)
-        ax[2].set_xlim(foot[:, 0].min() - 0.5, foot[:, 0].max() + 0.5)
-        ax[2].set_ylim(foot[:, 1].max() + 0.5, foot[:, 1].min() - 0.5)
-        ax[2].set_title(f"(c) {method}: SEM (magenta) on confocal (green)", fontsize=9)
-
-        em_xy, lm_xy = landmark_points(landmarks)
-        mapped = apply(outcome.matrix, em_xy)
-        ax[3].scatter(
-            lm_xy[:, 0],
-            lm_xy[:, 1],
-            s=70,
-            facecolors="none",
-            edgecolors="green",
-            label="confocal landmark",
+        foot = _footprint(outcome.matrix, em_w, em_h)
+        _overlay_panel(
+            ax[1], ax[2], method, em, em_px_per_um, lm, lm_px_per_um, outcome.matrix, foot
         )
-        ax[3].scatter(
-            mapped[:, 0],
-            mapped[:, 1],
-            marker="+",
-            s=60,
-            c="magenta",
-            label="registered SEM landmark",
-        )
-        gain = 100.0
-        ax[3].quiver(
-            lm_xy[:, 0],
-            lm_xy[:, 1],
-            (mapped - lm_xy)[:, 0] * gain,
-            (mapped - lm_xy)[:, 1] * gain,
-            angles="xy",
-            scale_units="xy",
-            scale=1,
-            color="black",
-            width=0.003,
-            label=f"error x{gain:.0f}",
-        )
-        ax[3].plot(foot[:, 0], foot[:, 1], color="grey", lw=0.8)
-        ax[3].invert_yaxis()
-        ax[3].set_aspect("equal")
-        ax[3].legend(fontsize=7, loc="lower right")
-        ax[3].set_title(f"(d) registered landmarks ({len(em_xy)})", fontsize=9)
-
+        _registered_landmarks_panel(ax[3], landmarks, outcome.matrix, foot)
         if outcome.pairs_src_um is not None and len(outcome.pairs_src_um) > 3:
-            gx, gy = np.meshgrid(np.linspace(0, em_w, 80), np.linspace(0, em_h, 80))
-            tre = predicted_tre_um(
-                outcome.pairs_src_um, outcome.fre_um, np.stack([gx.ravel(), gy.ravel()], 1)
-            ).reshape(gx.shape)
-            im = ax[4].imshow(tre * 1000, extent=(0, em_w, em_h, 0), cmap="viridis")
-            ax[4].scatter(outcome.pairs_src_um[:, 0], outcome.pairs_src_um[:, 1], s=8, c="white")
-            fig.colorbar(im, ax=ax[4], label="predicted TRE (nm)")
-            ax[4].set_title(
-                f"(e) predicted TRE over the SEM field, FRE {outcome.fre_um * 1000:.1f} nm",
-                fontsize=9,
-            )
+            _predicted_tre_panel(fig, ax[4], outcome, em_w, em_h)
     else:
-        for a in ax[2:5]:
-            a.text(
-                0.5,
-                0.5,
-                f"{method}\n{outcome.status}",
-                ha="center",
-                va="center",
-                wrap=True,
-                fontsize=8,
-                transform=a.transAxes,
-            )
+        _failure_panels(ax[2:5], f"{method}\n{outcome.status}")
+    _errors_panel(ax[5], errors_nm)
+    for a in ax[:5]:
+        a.set_xlabel("x (um)")
+        a.set_ylabel("y (um)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def _sem_beads_panel(
+    ax: Axes, case: str, em: np.ndarray, px_per_um: float, beads: np.ndarray, matched: np.ndarray
+) -> None:
+    """(a) The SEM with its detected beads (yellow rings) and the matched ones (red dots)."""
+    ax.imshow(_stretch(em), cmap="gray", extent=_extent(em.shape, px_per_um))
+    ax.scatter(beads[:, 0], beads[:, 1], s=60, facecolors="none", edgecolors="yellow", lw=1)
+    ax.scatter(matched[:, 0], matched[:, 1], s=12, c="red")
+    ax.set_title(
+        f"(a) {case}: SEM, {len(beads)} beads detected, {len(matched)} matched", fontsize=9
+    )
+
+
+def _confocal_beads_panel(ax: Axes, lm: np.ndarray, px_per_um: float, beads: np.ndarray) -> None:
+    """(b) The confocal with its detected beads (yellow rings)."""
+    ax.imshow(_stretch(lm), cmap="gray", extent=_extent(lm.shape, px_per_um))
+    ax.scatter(beads[:, 0], beads[:, 1], s=60, facecolors="none", edgecolors="yellow", lw=1)
+    ax.set_title(f"(b) confocal, {len(beads)} beads detected", fontsize=9)
+
+
+def _overlay_panel(
+    ax_lm: Axes,
+    ax: Axes,
+    method: str,
+    em: np.ndarray,
+    em_px_per_um: float,
+    lm: np.ndarray,
+    lm_px_per_um: float,
+    matrix: np.ndarray,
+    foot: np.ndarray,
+) -> None:
+    """(c) Registered SEM (magenta) on confocal (green), zoomed; footprint also on ``ax_lm``."""
+    warped = warp_image(em, em_px_per_um, matrix, lm.shape, lm_px_per_um, cval=0.0)
+    rgb = np.zeros(lm.shape + (3,), np.float32)
+    rgb[..., 1] = _stretch(lm)
+    rgb[..., 0] = rgb[..., 2] = _stretch(warped)
+    ax.imshow(rgb, extent=_extent(lm.shape, lm_px_per_um))
+    for a in (ax_lm, ax):
+        a.plot(foot[:, 0], foot[:, 1], color="white", lw=1)
+    ax.set_xlim(foot[:, 0].min() - 0.5, foot[:, 0].max() + 0.5)
+    ax.set_ylim(foot[:, 1].max() + 0.5, foot[:, 1].min() - 0.5)
+    ax.set_title(f"(c) {method}: SEM (magenta) on confocal (green)", fontsize=9)
+
+
+def _registered_landmarks_panel(
+    ax: Axes, landmarks: pd.DataFrame, matrix: np.ndarray, foot: np.ndarray
+) -> None:
+    """(d) Mapped SEM landmarks vs their confocal partners, errors drawn 100x."""
+    em_xy, lm_xy = landmark_points(landmarks)
+    mapped = apply(matrix, em_xy)
+    ax.scatter(
+        lm_xy[:, 0],
+        lm_xy[:, 1],
+        s=70,
+        facecolors="none",
+        edgecolors="green",
+        label="confocal landmark",
+    )
+    ax.scatter(
+        mapped[:, 0],
+        mapped[:, 1],
+        marker="+",
+        s=60,
+        c="magenta",
+        label="registered SEM landmark",
+    )
+    gain = 100.0
+    ax.quiver(
+        lm_xy[:, 0],
+        lm_xy[:, 1],
+        (mapped - lm_xy)[:, 0] * gain,
+        (mapped - lm_xy)[:, 1] * gain,
+        angles="xy",
+        scale_units="xy",
+        scale=1,
+        color="black",
+        width=0.003,
+        label=f"error x{gain:.0f}",
+    )
+    ax.plot(foot[:, 0], foot[:, 1], color="grey", lw=0.8)
+    ax.invert_yaxis()
+    ax.set_aspect("equal")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"(d) registered landmarks ({len(em_xy)})", fontsize=9)
+
+
+def _predicted_tre_panel(
+    fig: Figure, ax: Axes, outcome: MethodOutcome, em_w: float, em_h: float
+) -> None:
+    """(e) Predicted TRE (nm) over the em_w x em_h um SEM field, with the matched beads."""
+    gx, gy = np.meshgrid(np.linspace(0, em_w, 80), np.linspace(0, em_h, 80))
+    tre = predicted_tre_um(
+        outcome.pairs_src_um, outcome.fre_um, np.stack([gx.ravel(), gy.ravel()], 1)
+    ).reshape(gx.shape)
+    im = ax.imshow(tre * 1000, extent=(0, em_w, em_h, 0), cmap="viridis")
+    ax.scatter(outcome.pairs_src_um[:, 0], outcome.pairs_src_um[:, 1], s=8, c="white")
+    fig.colorbar(im, ax=ax, label="predicted TRE (nm)")
+    ax.set_title(
+        f"(e) predicted TRE over the SEM field, FRE {outcome.fre_um * 1000:.1f} nm",
+        fontsize=9,
+    )
+
+
+def _failure_panels(axes: np.ndarray, message: str) -> None:
+    """(c)-(e) when the method found no transform: the message, centred."""
+    for a in axes:
+        a.text(
+            0.5,
+            0.5,
+            message,
+            ha="center",
+            va="center",
+            wrap=True,
+            fontsize=8,
+            transform=a.transAxes,
+        )
+
+
+def _errors_panel(ax: Axes, errors_nm: dict[str, tuple[float, float]]) -> None:
+    """(f) Landmark MAE +- STD (nm) of every method as bars; "failed" for NaN."""
     names = list(errors_nm)
     mae = [errors_nm[n][0] for n in names]
     std = [errors_nm[n][1] for n in names]
-    ax[5].bar(
+    ax.bar(
         names,
         np.nan_to_num(mae, nan=0.0),
         yerr=np.nan_to_num(std, nan=0.0),
@@ -303,7 +361,7 @@ def fiducial_figure(
         capsize=4,
     )
     for k, value in enumerate(mae):
-        ax[5].annotate(
+        ax.annotate(
             "failed" if not np.isfinite(value) else f"{value:.1f}",
             (k, 0),
             xytext=(0, 3),
@@ -311,13 +369,8 @@ def fiducial_figure(
             ha="center",
             fontsize=8,
         )
-    ax[5].set_ylabel("landmark error, MAE +- STD (nm)")
-    ax[5].set_title("(f) error against the landmarks", fontsize=9)
-    for a in ax[:5]:
-        a.set_xlabel("x (um)")
-        a.set_ylabel("y (um)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    ax.set_ylabel("landmark error, MAE +- STD (nm)")
+    ax.set_title("(f) error against the landmarks", fontsize=9)
 
 
 def dictionary_figure(

@@ -183,6 +183,37 @@ class _Blob:
 
 
 @dataclass(frozen=True)
+class _Confocal:
+    """Confocal sampling and optics: field size (px), native px per um, PSF sigma (um)."""
+
+    n_px: int
+    ppu: float
+    sigma_um: float
+
+    @property
+    def size_um(self) -> float:
+        """Side of the square confocal field, um."""
+        return self.n_px / self.ppu
+
+    @property
+    def sigma_ss(self) -> float:
+        """PSF sigma in supersampled pixels."""
+        return self.sigma_um * self.ppu * _SUPERSAMPLE
+
+
+@dataclass(frozen=True)
+class _Tissue:
+    """The cell as the SEM sees it, in world um (identical in every view of a seed)."""
+
+    tone: ValueNoise
+    membranes: ValueNoise
+    fine_membranes: ValueNoise
+    texture: ValueNoise
+    nucleus: _Blob
+    organelles: tuple[_Blob, ...]
+
+
+@dataclass(frozen=True)
 class _World:
     """Everything shared by the cases of one seed (world = confocal frame, um)."""
 
@@ -191,13 +222,9 @@ class _World:
     debris: np.ndarray  # (k, 2) um
     debris_diameter_nm: np.ndarray  # (k,)
     lm: np.ndarray  # uint8 (N, N), read-only
+    px_per_um: float  # confocal sampling
     size_um: float
-    tone: ValueNoise
-    membranes: ValueNoise
-    fine_membranes: ValueNoise
-    texture: ValueNoise
-    nucleus: _Blob
-    organelles: tuple[_Blob, ...]
+    tissue: _Tissue
 
 
 def _peak_gain(radius_um: float, sigma_um: float) -> float:
@@ -237,41 +264,83 @@ def _render_emitter(
 
 @lru_cache(maxsize=4)
 def _cached_world(seed: int, key: tuple[str, ...]) -> _World:
+    """The world of ``seed`` for the JSON-encoded world parameters ``key`` (memoised)."""
     return _make_world(seed, {k: json.loads(v) for k, v in zip(_WORLD_KEYS, key, strict=True)})
 
 
 def _world(seed: int, p: dict) -> _World:
+    """The (cached) world of ``seed`` under the merged parameters ``p``."""
     return _cached_world(int(seed), tuple(json.dumps(p[k]) for k in _WORLD_KEYS))
 
 
 def _make_world(seed: int, p: dict) -> _World:
     """Bead field, confocal image and SEM tissue of one seed (rng ``[seed, 1000]``)."""
     rng = np.random.default_rng([seed, 1000])
-    n_px = int(p["confocal_size_px"])
-    lm_ppu = 1000.0 / float(p["confocal_px_nm"])
-    size_um = n_px / lm_ppu
-    bounds = (0.0, 0.0, size_um, size_um)
-    r_um = float(p["bead_diameter_nm"]) / 2000.0
-    sigma_um = float(p["psf_fwhm_nm"]) * _FWHM_TO_SIGMA / 1000.0
-    sigma_ss = sigma_um * lm_ppu * _SUPERSAMPLE
+    optics = _Confocal(
+        n_px=int(p["confocal_size_px"]),
+        ppu=1000.0 / float(p["confocal_px_nm"]),
+        sigma_um=float(p["psf_fwhm_nm"]) * _FWHM_TO_SIGMA / 1000.0,
+    )
+    beads = _place_beads(rng, p, optics.size_um)
+    missing_lm, amplitude = _bead_brightness_lm(rng, len(beads), float(p["missing_in_lm"]))
+    signal = _lm_background(rng, optics)
+    _add_beads_lm(signal, beads, amplitude, float(p["bead_diameter_nm"]) / 2000.0, optics)
+    debris, debris_d = _add_debris_lm(rng, signal, beads, int(p["n_spurious_lm"]), optics)
+    lm = poisson_gaussian(rng, signal, float(p["photons"]), float(p["read_noise"]), _LM_OFFSET)
+    tissue = _sem_tissue(rng, optics.size_um)
+    lm.setflags(write=False)
+    beads.setflags(write=False)
+    return _World(
+        beads=beads,
+        missing_in_lm=missing_lm,
+        debris=debris,
+        debris_diameter_nm=debris_d,
+        lm=lm,
+        px_per_um=optics.ppu,
+        size_um=optics.size_um,
+        tissue=tissue,
+    )
 
-    # Bead field.
+
+def _place_beads(rng: np.random.Generator, p: dict, size_um: float) -> np.ndarray:
+    """Bead centres (n, 2) um: dart throwing at the minimum spacing, off the field edge."""
     m = _LM_EDGE_MARGIN_UM
-    beads = min_distance_sample(
+    return min_distance_sample(
         rng, int(p["n_beads"]), (m, m, size_um - m, size_um - m), float(p["min_bead_spacing_um"])
     )
-    n = len(beads)
-    n_dim = min(n, int(round(float(p["missing_in_lm"]) * n)))
+
+
+def _bead_brightness_lm(
+    rng: np.random.Generator, n: int, dim_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The beads too dim in the confocal (sorted indices) and every bead's amplitude."""
+    n_dim = min(n, int(round(dim_fraction * n)))
     missing_lm = np.sort(rng.choice(n, n_dim, replace=False)) if n_dim else np.zeros(0, int)
     amplitude = rng.uniform(0.6, 1.0, n)
     amplitude[missing_lm] = rng.uniform(0.03, 0.07, n_dim)
+    return missing_lm, amplitude
 
-    # Smooth background at the native pixel centres (it varies over >= 0.5 um, so a
-    # block mean of a supersampled rendering would be the same): autofluorescence
-    # plus dim, blurry cell bodies.
-    x, y = pixel_grid_um(slice(0, n_px), slice(0, n_px), lm_ppu)
-    auto = ValueNoise(rng, bounds, (3.0, 1.5, 0.5))
+
+def _lm_background(rng: np.random.Generator, optics: _Confocal) -> np.ndarray:
+    """Smooth confocal background (autofluorescence + cell bodies), PSF-blurred, float32.
+
+    It varies over >= 0.5 um, so it is evaluated at the native pixel centres: a block
+    mean of a supersampled rendering would be the same.
+    """
+    size_um = optics.size_um
+    x, y = pixel_grid_um(slice(0, optics.n_px), slice(0, optics.n_px), optics.ppu)
+    auto = ValueNoise(rng, (0.0, 0.0, size_um, size_um), (3.0, 1.5, 0.5))
     background = 0.04 + 0.11 * _unit(auto(x, y))
+    _add_cell_bodies(rng, background, x, y, size_um)
+    return ndimage.gaussian_filter(
+        background.astype(np.float32), optics.sigma_um * optics.ppu, mode="reflect"
+    )
+
+
+def _add_cell_bodies(
+    rng: np.random.Generator, background: np.ndarray, x: np.ndarray, y: np.ndarray, size_um: float
+) -> None:
+    """Add 3-5 dim, blurry-edged cell bodies (irregular ellipses) to the background in place."""
     for _ in range(int(rng.integers(3, 6))):
         c = rng.uniform((1.0, 1.0), (size_um - 1.0, size_um - 1.0))
         a = rng.uniform(2.0, 4.5)
@@ -284,12 +353,13 @@ def _make_world(seed: int, p: dict) -> _World:
             _wobble(rng, 0.12),
         )
         background += rng.uniform(0.025, 0.06) / (1.0 + np.exp(np.clip(d / 0.5, -50, 50)))
-    signal = ndimage.gaussian_filter(
-        background.astype(np.float32), sigma_um * lm_ppu, mode="reflect"
-    )
 
-    # Beads: emission density such that the blurred peak is about _BEAD_PEAK * amplitude.
-    gain = _BEAD_PEAK * _peak_gain(r_um, sigma_um)
+
+def _add_beads_lm(
+    signal: np.ndarray, beads: np.ndarray, amplitude: np.ndarray, r_um: float, optics: _Confocal
+) -> None:
+    """Add the beads to the confocal signal, blurred peaks about ``_BEAD_PEAK * amplitude``."""
+    gain = _BEAD_PEAK * _peak_gain(r_um, optics.sigma_um)
     for bead, amp in zip(beads, amplitude, strict=True):
         _render_emitter(
             signal,
@@ -297,85 +367,157 @@ def _make_world(seed: int, p: dict) -> _World:
             r_um,
             lambda xx, yy, b=bead: np.hypot(xx - b[0], yy - b[1]) - r_um,
             float(amp * gain),
-            lm_ppu,
-            sigma_ss,
+            optics.ppu,
+            optics.sigma_ss,
         )
 
-    # Debris: irregular spots of 60-250 nm, away from the beads, bead-like peaks.
+
+def _free_spot(
+    rng: np.random.Generator,
+    lo: tuple[float, float],
+    hi: tuple[float, float],
+    beads: np.ndarray,
+    clearance_um: float,
+) -> np.ndarray:
+    """A uniform point in ``[lo, hi]`` more than ``clearance_um`` from every bead (200 tries)."""
+    for _try in range(200):
+        c = rng.uniform(lo, hi)
+        if len(beads) == 0 or np.min(np.hypot(*(beads - c).T)) > clearance_um:
+            break
+    return c
+
+
+def _add_debris_lm(
+    rng: np.random.Generator, signal: np.ndarray, beads: np.ndarray, n: int, optics: _Confocal
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add ``n`` fluorescent debris spots away from the beads; centres (k, 2) um, diameters nm."""
+    m, size_um = _LM_EDGE_MARGIN_UM, optics.size_um
     debris, debris_d = [], []
-    for _ in range(int(p["n_spurious_lm"])):
-        for _try in range(200):
-            c = rng.uniform((m, m), (size_um - m, size_um - m))
-            if n == 0 or np.min(np.hypot(*(beads - c).T)) > 0.5:
-                break
-        diam = rng.uniform(0.06, 0.25)
-        semi = (diam / 2, diam / 2 * rng.uniform(0.6, 1.0))
-        ang, wob = float(rng.uniform(0, np.pi)), _wobble(rng, 0.12)
-        emission = (
-            rng.uniform(0.45, 1.0) * _BEAD_PEAK * _peak_gain(np.sqrt(np.prod(semi)), sigma_um)
-        )
-        _render_emitter(
-            signal,
-            c,
-            1.4 * semi[0],
-            lambda xx, yy, c=c, s=semi, t=ang, w=wob: ellipse_distance(
-                xx, yy, (c[0], c[1]), s, t, w
-            )[0],
-            float(emission),
-            lm_ppu,
-            sigma_ss,
-        )
+    for _ in range(n):
+        c = _free_spot(rng, (m, m), (size_um - m, size_um - m), beads, 0.5)
         debris.append(c)
-        debris_d.append(1000.0 * diam)
-    lm = poisson_gaussian(rng, signal, float(p["photons"]), float(p["read_noise"]), _LM_OFFSET)
+        debris_d.append(1000.0 * _add_debris_spot(rng, signal, c, optics))
+    return np.array(debris).reshape(-1, 2), np.array(debris_d)
 
-    # SEM tissue, in world um, so that every view shows the same cell.
+
+def _add_debris_spot(
+    rng: np.random.Generator, signal: np.ndarray, c: np.ndarray, optics: _Confocal
+) -> float:
+    """Add one irregular 60-250 nm spot with a bead-like peak at ``c``; its diameter (um)."""
+    diam = rng.uniform(0.06, 0.25)
+    semi = (diam / 2, diam / 2 * rng.uniform(0.6, 1.0))
+    ang, wob = float(rng.uniform(0, np.pi)), _wobble(rng, 0.12)
+    emission = (
+        rng.uniform(0.45, 1.0) * _BEAD_PEAK * _peak_gain(np.sqrt(np.prod(semi)), optics.sigma_um)
+    )
+    _render_emitter(
+        signal,
+        c,
+        1.4 * semi[0],
+        lambda xx, yy: ellipse_distance(xx, yy, (c[0], c[1]), semi, ang, wob)[0],
+        float(emission),
+        optics.ppu,
+        optics.sigma_ss,
+    )
+    return diam
+
+
+def _blob(
+    rng: np.random.Generator,
+    center: np.ndarray,
+    semi_major: float,
+    aspect: float,
+    wobble_amp: float,
+    value_range: tuple[float, float],
+) -> _Blob:
+    """A blob at ``center`` with a random angle, wobble and value (drawn in that order)."""
+    return _Blob(
+        (float(center[0]), float(center[1])),
+        (semi_major, semi_major * aspect),
+        float(rng.uniform(0, np.pi)),
+        _wobble(rng, wobble_amp),
+        float(rng.uniform(*value_range)),
+    )
+
+
+def _sem_tissue(rng: np.random.Generator, size_um: float) -> _Tissue:
+    """The SEM tissue in world um: tone, membranes, texture, nucleus and organelles."""
+    bounds = (0.0, 0.0, size_um, size_um)
     tone = ValueNoise(rng, bounds, (4.0, 2.0, 1.0))
     membranes = ValueNoise(rng, bounds, (2.5, 1.2, 0.6))
     fine_membranes = ValueNoise(rng, bounds, (0.9, 0.45))
     texture = ValueNoise(rng, bounds, (0.08, 0.03))
     c = rng.uniform((0.3 * size_um,) * 2, (0.7 * size_um,) * 2)
     a = rng.uniform(2.5, 3.5)
-    nucleus = _Blob(
-        (float(c[0]), float(c[1])),
-        (a, a * rng.uniform(0.7, 0.9)),
-        float(rng.uniform(0, np.pi)),
-        _wobble(rng, 0.05),
-        float(rng.uniform(0.06, 0.1)),
-    )
+    nucleus = _blob(rng, c, a, rng.uniform(0.7, 0.9), 0.05, (0.06, 0.1))
     organelles = []
     for _ in range(int(rng.integers(80, 110))):
         c = rng.uniform((0.0, 0.0), (size_um, size_um))
         a = rng.uniform(0.12, 0.5)
-        organelles.append(
-            _Blob(
-                (float(c[0]), float(c[1])),
-                (a, a * rng.uniform(0.35, 0.9)),
-                float(rng.uniform(0, np.pi)),
-                _wobble(rng, 0.1),
-                float(rng.uniform(0.05, 0.13)),
-            )
-        )
-
-    lm.setflags(write=False)
-    beads.setflags(write=False)
-    return _World(
-        beads=beads,
-        missing_in_lm=missing_lm,
-        debris=np.array(debris).reshape(-1, 2),
-        debris_diameter_nm=np.array(debris_d),
-        lm=lm,
-        size_um=size_um,
-        tone=tone,
-        membranes=membranes,
-        fine_membranes=fine_membranes,
-        texture=texture,
-        nucleus=nucleus,
-        organelles=tuple(organelles),
-    )
+        organelles.append(_blob(rng, c, a, rng.uniform(0.35, 0.9), 0.1, (0.05, 0.13)))
+    return _Tissue(tone, membranes, fine_membranes, texture, nucleus, tuple(organelles))
 
 
 # ------------------------------------------------------------------------ the SEM
+
+
+@dataclass(frozen=True)
+class _SemView:
+    """One SEM view: px per um, image shape (rows, cols) and the affine's parameters."""
+
+    ppu: float
+    shape: tuple[int, int]
+    rotation: float
+    scale: tuple[float, ...]
+    shear: float
+    mirror: bool
+
+    @property
+    def width_um(self) -> float:
+        """Field width, em um."""
+        return self.shape[1] / self.ppu
+
+    @property
+    def height_um(self) -> float:
+        """Field height, em um."""
+        return self.shape[0] / self.ppu
+
+    @property
+    def linear(self) -> np.ndarray:
+        """Linear part (2x2) of the affine em um -> lm um."""
+        return affine_matrix(self.rotation, self.scale, self.shear, mirror=self.mirror)[:2, :2]
+
+    def affine(self, center_lm: np.ndarray) -> np.ndarray:
+        """Affine em um -> lm um that puts the SEM field centre at ``center_lm``."""
+        em_c = np.array([self.width_um / 2, self.height_um / 2])
+        return affine_matrix(
+            self.rotation, self.scale, self.shear, tuple(center_lm - em_c), self.mirror, tuple(em_c)
+        )
+
+
+@dataclass(frozen=True)
+class _SemScene:
+    """What one SEM view holds: beads (em um), which are inside / buried, distractors."""
+
+    beads: np.ndarray  # (n, 2) em um, every bead of the world
+    radius: float  # bead radius, em um
+    inside: np.ndarray  # bool (n,): disc fully inside the field
+    missing: np.ndarray  # sorted indices of the beads buried in the section
+    values: np.ndarray  # (n,) bead brightness, NaN when buried
+    missing_fraction: float
+    spurious: list[_Blob]  # bright non-bead blobs, em um
+
+
+def _sem_view(view: dict) -> _SemView:
+    """The SEM view described by one entry of ``params["views"]``."""
+    return _SemView(
+        ppu=1000.0 / float(view["px_nm"]),
+        shape=(int(view["size_px"][0]), int(view["size_px"][1])),
+        rotation=float(view.get("rotation_deg", 0.0)),
+        scale=tuple(float(s) for s in view.get("scale", (1.0, 1.0))),
+        shear=float(view.get("shear", 0.0)),
+        mirror=bool(view.get("mirror", False)),
+    )
 
 
 def _paint_blob(
@@ -403,44 +545,53 @@ def _paint_blob(
 def _render_sem(
     world: _World,
     G: np.ndarray,
-    shape: tuple[int, int],
-    em_ppu: float,
-    beads_em: np.ndarray,
-    bead_radius_em: float,
-    bead_values: np.ndarray,
-    spurious: list[_Blob],
+    sem: _SemView,
+    scene: _SemScene,
     noise: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """SEM image (uint8) of the world seen through ``G`` (em um -> world um)."""
+    x, y = pixel_grid_um(slice(0, sem.shape[0]), slice(0, sem.shape[1]), sem.ppu)
+    img = _sem_tissue_image(world.tissue, G, x, y, sem.ppu)
+    _paint_spurious(img, x, y, scene.spurious, sem.ppu)
+    _paint_beads_em(img, x, y, scene, sem.ppu)
+    return _sem_detector(rng, img, x, y, noise)
+
+
+def _sem_tissue_image(
+    tissue: _Tissue, G: np.ndarray, x: np.ndarray, y: np.ndarray, em_ppu: float
+) -> np.ndarray:
+    """Cytoplasm tone, membranes (a smooth field's 0.5 level lines), organelles, texture."""
     inv = np.linalg.inv(G)
     em_scale = float(np.sqrt(abs(np.linalg.det(G[:2, :2]))))
     world_px = em_scale / em_ppu  # SEM pixel size in world um
-    x, y = pixel_grid_um(slice(0, shape[0]), slice(0, shape[1]), em_ppu)
     xw = G[0, 0] * x + G[0, 1] * y + G[0, 2]
     yw = G[1, 0] * x + G[1, 1] * y + G[1, 2]
-
-    # Cytoplasm tone, membranes where a smooth field crosses 0.5, organelles, texture.
-    img = 0.28 + 0.15 * _unit(world.tone(xw, yw))
+    img = 0.28 + 0.15 * _unit(tissue.tone(xw, yw))
     line_um = max(world_px, 0.015)
-    for field, contrast in ((world.membranes, 0.12), (world.fine_membranes, 0.06)):
+    for field, contrast in ((tissue.membranes, 0.12), (tissue.fine_membranes, 0.06)):
         mv = field(xw, yw) - 0.5
         gy, gx = np.gradient(mv, 1.0 / em_ppu)
         dist_um = np.abs(mv) / (np.hypot(gx, gy) + 1e-3)  # ~ distance to the 0.5 level line
         img -= contrast * np.exp(-((dist_um / line_um) ** 2))
-    _paint_blob(img, xw, yw, world.nucleus, inv, em_ppu, em_scale, world_px, 0.12)
-    for blob in world.organelles:
+    _paint_blob(img, xw, yw, tissue.nucleus, inv, em_ppu, em_scale, world_px, 0.12)
+    for blob in tissue.organelles:
         _paint_blob(img, xw, yw, blob, inv, em_ppu, em_scale, world_px, 0.08)
-    fine = world.texture(xw, yw)
+    fine = tissue.texture(xw, yw)
     img += 0.06 * (fine - 0.5) - 0.07 * _unit(fine, 0.6, 0.72)  # texture, dark granules
+    return img
 
+
+def _paint_spurious(
+    img: np.ndarray, x: np.ndarray, y: np.ndarray, spurious: list[_Blob], em_ppu: float
+) -> None:
+    """Paint the bright non-bead blobs (em um) over the SEM image in place."""
     px_um = 1.0 / em_ppu
-    # Bright non-bead blobs (in em um).
     for blob in spurious:
         win = _window(
             (um_to_px(blob.center[0], em_ppu), um_to_px(blob.center[1], em_ppu)),
             1.4 * max(blob.semi_axes) * em_ppu + 2,
-            shape,
+            img.shape,
         )
         if win is None:
             continue
@@ -450,33 +601,52 @@ def _render_sem(
         cov = coverage(d, px_um)
         img[win] = img[win] * (1.0 - cov) + blob.value * cov
 
-    # Gold beads: bright discs, anti-aliased edge, faint bright halo just outside.
+
+def _paint_beads_em(
+    img: np.ndarray, x: np.ndarray, y: np.ndarray, scene: _SemScene, em_ppu: float
+) -> None:
+    """Paint the unburied gold beads: bright discs, anti-aliased edge, faint bright halo."""
+    px_um = 1.0 / em_ppu
     halo_um = 0.025
-    for (bx, by), value in zip(beads_em, bead_values, strict=True):
+    for (bx, by), value in zip(scene.beads, scene.values, strict=True):
         if not np.isfinite(value):
             continue  # buried: not drawn
         win = _window(
             (um_to_px(bx, em_ppu), um_to_px(by, em_ppu)),
-            (bead_radius_em + 4 * halo_um) * em_ppu + 1,
-            shape,
+            (scene.radius + 4 * halo_um) * em_ppu + 1,
+            img.shape,
         )
         if win is None:
             continue
-        d = np.hypot(x[win] - bx, y[win] - by) - bead_radius_em
+        d = np.hypot(x[win] - bx, y[win] - by) - scene.radius
         cov = coverage(d, px_um)
         halo = 0.12 * np.exp(-((np.maximum(d, 0.0) / halo_um) ** 2))
         img[win] = img[win] * (1.0 - cov) + value * cov + halo * (1.0 - cov)
 
-    # Probe blur, slight illumination gradient, scan-line offsets, detector noise.
+
+def _sem_detector(
+    rng: np.random.Generator, img: np.ndarray, x: np.ndarray, y: np.ndarray, noise: float
+) -> np.ndarray:
+    """Probe blur, illumination gradient, scan-line offsets and detector noise; uint8."""
     img = ndimage.gaussian_filter(img, 0.6, mode="nearest")
     gxy = rng.normal(0.0, 0.02, 2)
     img += gxy[0] * (x / x.max() - 0.5) + gxy[1] * (y / y.max() - 0.5)
-    img += rng.normal(0.0, 0.012, (shape[0], 1))
-    img += rng.normal(0.0, noise, shape)
+    img += rng.normal(0.0, 0.012, (img.shape[0], 1))
+    img += rng.normal(0.0, noise, img.shape)
     return to_uint8(img)
 
 
 # ------------------------------------------------------------------------ the case
+
+
+def _view_params(p: dict, index: int) -> dict:
+    """A private copy of the view of case ``index`` (views cycle); checks index and views."""
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
+    views = p["views"]
+    if not views:
+        raise ValueError("params['views'] must hold at least one view")
+    return copy.deepcopy(dict(views[index % len(views)]))
 
 
 def _field_half_extent(linear: np.ndarray, em_w: float, em_h: float) -> np.ndarray:
@@ -499,6 +669,200 @@ def _n_missing(fraction: float, configured: object, n_inside: int) -> int:
         if k_lo <= k_hi:
             k = min(max(k, k_lo), k_hi)
     return min(max(k, 0), n_inside)
+
+
+def _seen_in_confocal(world: _World, r_lm: float) -> tuple[np.ndarray, np.ndarray]:
+    """Beads whose disc lies in the confocal field, and those of them bright there."""
+    beads, size = np.asarray(world.beads), world.size_um
+    inside_lm = np.all((beads >= r_lm) & (beads <= size - r_lm), axis=1)
+    lm_ok = inside_lm.copy()
+    lm_ok[np.asarray(world.missing_in_lm, dtype=int)] = False
+    return inside_lm, lm_ok
+
+
+def _field_center(
+    rng: np.random.Generator,
+    sem: _SemView,
+    given: object,
+    world: _World,
+    lm_ok: np.ndarray,
+    pad: float,
+    name: str,
+) -> np.ndarray:
+    """Centre (lm um) of the SEM field: the configured ``given`` one, checked, or drawn."""
+    half = _field_half_extent(sem.linear, sem.width_um, sem.height_um)
+    if given is not None:
+        return _check_center(np.asarray(given, dtype=float), half, world.size_um, name)
+    return _choose_center(rng, sem, half, world, lm_ok, pad, name)
+
+
+def _field_size(half: np.ndarray) -> str:
+    """The SEM field's bounding box in the confocal frame, for error messages."""
+    return f"SEM field ({2 * half[0]:.2f} x {2 * half[1]:.2f} um in the confocal frame)"
+
+
+def _check_center(center: np.ndarray, half: np.ndarray, size: float, name: str) -> np.ndarray:
+    """``center`` unchanged if the SEM field around it lies in the confocal field."""
+    if np.any(center - half < 0) or np.any(center + half > size):
+        raise ValueError(
+            f"case {name!r}: {_field_size(half)} centred at {center.tolist()} um leaves "
+            f"the {size:.2f} um confocal field"
+        )
+    return center
+
+
+def _choose_center(
+    rng: np.random.Generator,
+    sem: _SemView,
+    half: np.ndarray,
+    world: _World,
+    lm_ok: np.ndarray,
+    pad: float,
+    name: str,
+) -> np.ndarray:
+    """Best of a few random field centres, like an operator seeking visible fiducials.
+
+    Score: beads inside the field that are bright in the confocal minus dim ones.
+    """
+    size = world.size_um
+    lo = half + _EM_EDGE_MARGIN_UM
+    hi = size - half - _EM_EDGE_MARGIN_UM
+    if np.any(lo > hi):
+        raise ValueError(
+            f"case {name!r}: {_field_size(half)} does not fit in the {size:.2f} um confocal field"
+        )
+    candidates = rng.uniform(lo, hi, size=(_N_CENTER_CANDIDATES, 2))
+    score = []
+    for c in candidates:
+        beads_em = apply(np.linalg.inv(sem.affine(c)), world.beads)
+        inside = _inside_em(beads_em, sem.width_um, sem.height_um, pad)
+        score.append(np.count_nonzero(inside & lm_ok) - np.count_nonzero(inside & ~lm_ok))
+    return candidates[int(np.argmax(score))]
+
+
+def _sem_scene(
+    rng: np.random.Generator,
+    p: dict,
+    sem: _SemView,
+    G: np.ndarray,
+    beads_lm: np.ndarray,
+    r_em: float,
+    pad: float,
+) -> _SemScene:
+    """The beads in the SEM frame, which are inside the field and buried, and distractors."""
+    beads_em = apply(np.linalg.inv(G), beads_lm)
+    inside = _inside_em(beads_em, sem.width_um, sem.height_um, pad)
+    fraction, missing, values = _bury_beads(rng, p["missing_fraction"], inside)
+    spurious = _spurious_em(rng, sem, beads_em, float(p["bead_diameter_nm"]), p["n_spurious_em"])
+    return _SemScene(beads_em, r_em, inside, missing, values, fraction, spurious)
+
+
+def _bury_beads(
+    rng: np.random.Generator, missing_fraction: object, inside: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Drawn missing fraction, buried beads (sorted, among those inside), bead brightness."""
+    inside_idx = np.flatnonzero(inside)
+    fraction = _draw(rng, missing_fraction)
+    n_missing = _n_missing(fraction, missing_fraction, len(inside_idx))
+    missing = np.sort(rng.choice(inside_idx, n_missing, replace=False)).astype(int)
+    values = rng.uniform(0.9, 1.0, len(inside))
+    values[missing] = np.nan
+    return fraction, missing, values
+
+
+def _spurious_em(
+    rng: np.random.Generator,
+    sem: _SemView,
+    beads_em: np.ndarray,
+    bead_d_nm: float,
+    n_spurious: object,
+) -> list[_Blob]:
+    """Bright non-bead blobs (em um) away from the beads; the even ones bead-sized, round."""
+    spurious: list[_Blob] = []
+    for k in range(_draw(rng, n_spurious, integer=True)):
+        c = _free_spot(rng, (0.2, 0.2), (sem.width_um - 0.2, sem.height_um - 0.2), beads_em, 0.3)
+        if k % 2 == 0:
+            diam, aspect = bead_d_nm * rng.uniform(0.8, 1.3), rng.uniform(0.8, 1.0)
+        else:
+            diam, aspect = np.exp(rng.uniform(np.log(40.0), np.log(300.0))), rng.uniform(0.5, 1)
+        spurious.append(_blob(rng, c, diam / 2000.0, aspect, 0.15, (0.7, 1.0)))
+    return spurious
+
+
+def _seen_in_both(scene: _SemScene, inside_lm: np.ndarray, missing_lm: np.ndarray) -> np.ndarray:
+    """Indices of the beads inside both fields, neither buried in the SEM nor dim in the LM."""
+    visible = scene.inside & inside_lm
+    visible[scene.missing] = False
+    visible[np.asarray(missing_lm, dtype=int)] = False
+    return np.flatnonzero(visible)
+
+
+def _landmark_table(idx: np.ndarray, beads_em: np.ndarray, beads_lm: np.ndarray) -> pd.DataFrame:
+    """Landmarks: the true centres (um) of the beads ``idx`` in both frames, ``beadNNN``."""
+    return pd.DataFrame(
+        {
+            "name": [f"bead{i:03d}" for i in idx],
+            "em_x_um": beads_em[idx, 0],
+            "em_y_um": beads_em[idx, 1],
+            "lm_x_um": beads_lm[idx, 0],
+            "lm_y_um": beads_lm[idx, 1],
+        }
+    )[LANDMARK_COLUMNS]
+
+
+def _transform_record(G: np.ndarray, sem: _SemView, center_lm: list[float]) -> dict:
+    """The ground-truth transform em um -> lm um as a dict, with the view's parameters."""
+    return Transform(
+        G,
+        moving="em",
+        fixed="lm",
+        method="ground truth (synthetic)",
+        extra={
+            "rotation_deg": sem.rotation,
+            "scale": list(sem.scale),
+            "shear": sem.shear,
+            "mirror": sem.mirror,
+            "em_center_in_lm_um": center_lm,
+        },
+    ).to_dict()
+
+
+def _truth_record(
+    name: str,
+    seed: int,
+    index: int,
+    view: dict,
+    sem: _SemView,
+    G: np.ndarray,
+    world: _World,
+    scene: _SemScene,
+    bead_d_nm: float,
+) -> dict:
+    """JSON-ready ground truth: transform, beads in both frames, missing ones, distractors."""
+    spurious = scene.spurious
+    return {
+        "case": name,
+        "track": "fiducial",
+        "seed": int(seed),
+        "index": index,
+        "transform": _transform_record(G, sem, view["center_um"]),
+        "em_px_per_um": sem.ppu,
+        "lm_px_per_um": world.px_per_um,
+        "em_shape": list(sem.shape),
+        "lm_shape": list(world.lm.shape),
+        "beads_lm_um": np.asarray(world.beads).tolist(),
+        "beads_em_um": scene.beads.tolist(),
+        "missing_in_em": scene.missing.tolist(),
+        "missing_in_lm": np.asarray(world.missing_in_lm, dtype=int).tolist(),
+        "outside_em": np.flatnonzero(~scene.inside).tolist(),
+        "missing_fraction": scene.missing_fraction,
+        "spurious_em_um": [list(b.center) for b in spurious],
+        "spurious_em_diameter_nm": [1000.0 * (b.semi_axes[0] + b.semi_axes[1]) for b in spurious],
+        "spurious_lm_um": world.debris.tolist(),
+        "spurious_lm_diameter_nm": world.debris_diameter_nm.tolist(),
+        "view": view,
+        "bead_diameter_nm": bead_d_nm,
+    }
 
 
 def make_fiducial_case(
@@ -547,172 +911,32 @@ def make_fiducial_case(
     """
     p = merge_params(DEFAULT_FIDUCIAL_PARAMS, params)
     index = int(index)
-    if index < 0:
-        raise ValueError(f"index must be >= 0, got {index}")
-    views = p["views"]
-    if not views:
-        raise ValueError("params['views'] must hold at least one view")
-    view = copy.deepcopy(dict(views[index % len(views)]))
+    view = _view_params(p, index)
     name = name or f"sem{index + 1:02d}"
     world = _world(seed, p)
     rng = np.random.default_rng([seed, 2000, index])
+    sem = _sem_view(view)
 
-    lm_ppu = 1000.0 / float(p["confocal_px_nm"])
-    em_ppu = 1000.0 / float(view["px_nm"])
-    em_shape = (int(view["size_px"][0]), int(view["size_px"][1]))
-    em_w, em_h = em_shape[1] / em_ppu, em_shape[0] / em_ppu
-    em_c = np.array([em_w / 2, em_h / 2])
-    rotation = float(view.get("rotation_deg", 0.0))
-    scale = tuple(float(s) for s in view.get("scale", (1.0, 1.0)))
-    shear = float(view.get("shear", 0.0))
-    mirror = bool(view.get("mirror", False))
-    linear = affine_matrix(rotation, scale, shear, mirror=mirror)[:2, :2]
-    half = _field_half_extent(linear, em_w, em_h)
-    size = world.size_um
-
-    def _ground_truth(center: np.ndarray) -> np.ndarray:
-        return affine_matrix(rotation, scale, shear, tuple(center - em_c), mirror, tuple(em_c))
-
-    beads_lm = np.asarray(world.beads)
-    n = len(beads_lm)
+    # Bead radius in both frames; a bead counts as inside the SEM field when fully inside.
     r_lm = float(p["bead_diameter_nm"]) / 2000.0
-    r_em = r_lm / float(np.sqrt(abs(np.linalg.det(linear))))
-    pad = r_em + 1.0 / em_ppu  # a bead counts as inside the SEM field when fully inside
-    inside_lm = np.all((beads_lm >= r_lm) & (beads_lm <= size - r_lm), axis=1)
-    lm_ok = inside_lm.copy()
-    lm_ok[np.asarray(world.missing_in_lm, dtype=int)] = False
-    if view.get("center_um") is not None:
-        center = np.asarray(view["center_um"], dtype=float)
-        if np.any(center - half < 0) or np.any(center + half > size):
-            raise ValueError(
-                f"case {name!r}: SEM field ({2 * half[0]:.2f} x {2 * half[1]:.2f} "
-                f"um in the confocal frame) centred at {center.tolist()} um leaves "
-                f"the {size:.2f} um confocal field"
-            )
-    else:
-        lo = half + _EM_EDGE_MARGIN_UM
-        hi = size - half - _EM_EDGE_MARGIN_UM
-        if np.any(lo > hi):
-            raise ValueError(
-                f"case {name!r}: SEM field ({2 * half[0]:.2f} x {2 * half[1]:.2f} "
-                f"um in the confocal frame) does not fit in the {size:.2f} um "
-                f"confocal field"
-            )
-        # Like an operator who navigates to a field rich in fiducials that are clearly
-        # seen in the confocal: the best of a few random positions (score: beads
-        # bright in the confocal minus dim ones, inside the field).
-        candidates = rng.uniform(lo, hi, size=(_N_CENTER_CANDIDATES, 2))
-        score = []
-        for c in candidates:
-            inside = _inside_em(apply(np.linalg.inv(_ground_truth(c)), beads_lm), em_w, em_h, pad)
-            score.append(np.count_nonzero(inside & lm_ok) - np.count_nonzero(inside & ~lm_ok))
-        center = candidates[int(np.argmax(score))]
+    r_em = r_lm / float(np.sqrt(abs(np.linalg.det(sem.linear))))
+    pad = r_em + 1.0 / sem.ppu
+    inside_lm, lm_ok = _seen_in_confocal(world, r_lm)
+
+    center = _field_center(rng, sem, view.get("center_um"), world, lm_ok, pad, name)
     view["center_um"] = [float(center[0]), float(center[1])]
-    G = _ground_truth(center)
-    inv = np.linalg.inv(G)
-
-    # Beads in the SEM frame; fully inside the field; some buried in the section.
-    beads_em = apply(inv, beads_lm)
-    inside_em = _inside_em(beads_em, em_w, em_h, pad)
-    inside_idx = np.flatnonzero(inside_em)
-    fraction = _draw(rng, p["missing_fraction"])
-    n_missing = _n_missing(fraction, p["missing_fraction"], len(inside_idx))
-    missing_em = np.sort(rng.choice(inside_idx, n_missing, replace=False)).astype(int)
-    bead_values = rng.uniform(0.9, 1.0, n)
-    bead_values[missing_em] = np.nan
-
-    # Bright non-bead blobs, half of them bead-sized and round, away from the beads.
-    spurious: list[_Blob] = []
-    bead_d_nm = float(p["bead_diameter_nm"])
-    for k in range(_draw(rng, p["n_spurious_em"], integer=True)):
-        for _try in range(200):
-            c = rng.uniform((0.2, 0.2), (em_w - 0.2, em_h - 0.2))
-            if n == 0 or np.min(np.hypot(*(beads_em - c).T)) > 0.3:
-                break
-        if k % 2 == 0:
-            diam, aspect = bead_d_nm * rng.uniform(0.8, 1.3), rng.uniform(0.8, 1.0)
-        else:
-            diam, aspect = np.exp(rng.uniform(np.log(40.0), np.log(300.0))), rng.uniform(0.5, 1)
-        a = diam / 2000.0
-        spurious.append(
-            _Blob(
-                (float(c[0]), float(c[1])),
-                (a, a * aspect),
-                float(rng.uniform(0, np.pi)),
-                _wobble(rng, 0.15),
-                float(rng.uniform(0.7, 1.0)),
-            )
-        )
-
-    em = _render_sem(
-        world,
-        G,
-        em_shape,
-        em_ppu,
-        beads_em,
-        r_em,
-        bead_values,
-        spurious,
-        float(p["sem_noise"]),
-        rng,
-    )
-
-    missing_lm = np.asarray(world.missing_in_lm, dtype=int)
-    visible = inside_em & inside_lm
-    visible[missing_em] = False
-    visible[missing_lm] = False
-    idx = np.flatnonzero(visible)
-    landmarks = pd.DataFrame(
-        {
-            "name": [f"bead{i:03d}" for i in idx],
-            "em_x_um": beads_em[idx, 0],
-            "em_y_um": beads_em[idx, 1],
-            "lm_x_um": beads_lm[idx, 0],
-            "lm_y_um": beads_lm[idx, 1],
-        }
-    )[LANDMARK_COLUMNS]
-
-    truth = {
-        "case": name,
-        "track": "fiducial",
-        "seed": int(seed),
-        "index": index,
-        "transform": Transform(
-            G,
-            moving="em",
-            fixed="lm",
-            method="ground truth (synthetic)",
-            extra={
-                "rotation_deg": rotation,
-                "scale": list(scale),
-                "shear": shear,
-                "mirror": mirror,
-                "em_center_in_lm_um": view["center_um"],
-            },
-        ).to_dict(),
-        "em_px_per_um": em_ppu,
-        "lm_px_per_um": lm_ppu,
-        "em_shape": list(em_shape),
-        "lm_shape": list(world.lm.shape),
-        "beads_lm_um": beads_lm.tolist(),
-        "beads_em_um": beads_em.tolist(),
-        "missing_in_em": missing_em.tolist(),
-        "missing_in_lm": missing_lm.tolist(),
-        "outside_em": np.flatnonzero(~inside_em).tolist(),
-        "missing_fraction": fraction,
-        "spurious_em_um": [list(b.center) for b in spurious],
-        "spurious_em_diameter_nm": [1000.0 * (b.semi_axes[0] + b.semi_axes[1]) for b in spurious],
-        "spurious_lm_um": world.debris.tolist(),
-        "spurious_lm_diameter_nm": world.debris_diameter_nm.tolist(),
-        "view": view,
-        "bead_diameter_nm": bead_d_nm,
-    }
+    G = sem.affine(center)
+    scene = _sem_scene(rng, p, sem, G, world.beads, r_em, pad)
+    em = _render_sem(world, G, sem, scene, float(p["sem_noise"]), rng)
+    idx = _seen_in_both(scene, inside_lm, world.missing_in_lm)
     return SyntheticCase(
         name=name,
         em=em,
-        em_px_per_um=em_ppu,
+        em_px_per_um=sem.ppu,
         lm=np.array(world.lm),
-        lm_px_per_um=lm_ppu,
-        landmarks=landmarks,
-        ground_truth=truth,
+        lm_px_per_um=world.px_per_um,
+        landmarks=_landmark_table(idx, scene.beads, np.asarray(world.beads)),
+        ground_truth=_truth_record(
+            name, seed, index, view, sem, G, world, scene, float(p["bead_diameter_nm"])
+        ),
     )

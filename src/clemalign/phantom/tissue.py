@@ -90,6 +90,13 @@ class _Grid:
     def add(self, x: float, y: float, r: float) -> None:
         self.buckets.setdefault(self._key(x, y), []).append((x, y, r))
 
+    def take(self, x: float, y: float, r: float, gap: float) -> bool:
+        """Reserve the disc if it is :meth:`free`; say whether it was."""
+        if self.free(x, y, r, gap):
+            self.add(x, y, r)
+            return True
+        return False
+
 
 @dataclass
 class Tissue:
@@ -163,10 +170,49 @@ def make_tissue(
     tem_box: tuple[float, float, float, float],
     p: dict,
 ) -> Tissue:
-    x0, y0, x1, y1 = bounds
-    area = (x1 - x0) * (y1 - y0)
+    """Draw the 2D tissue over ``bounds`` (um, TEM frame); ``tem_box`` (the TEM field,
+    um) gets a nucleus when one fits.
+
+    Objects are placed without overlap in this order (each keeps the space it takes):
+    nuclei, lipofuscin granules, in-section myelinated axons, then the neuropil's
+    mitochondria and unmyelinated processes; out-of-section myelin may overlap them.
+    The steps consume ``rng`` in this order: reordering them changes every phantom.
+    """
     grid = _Grid(bounds, 1.0)
-    noise = {
+    noise = _noise_fields(rng, bounds)
+    nuclei = _nuclei(rng, grid, bounds, tem_box, p)
+    clumps = [_heterochromatin(rng, nuclei, i) for i in range(len(nuclei))]
+    lipo, droplet, granule = _lipofuscin(rng, grid, bounds, nuclei)
+    axons, g_ratio, in_section = _myelinated_axons(rng, grid, bounds, noise["tract"], p)
+    stain = _stain_efficiency(rng, in_section)
+    mitos, procs = place_neuropil(rng, bounds, grid.take)
+    return Tissue(
+        bounds=bounds,
+        axons=axons,
+        g_ratio=g_ratio,
+        stain=stain,
+        in_section=in_section,
+        nuclei=nuclei,
+        clumps=clumps,
+        mito=mitos,
+        lipo=lipo,
+        lipo_droplet=droplet,
+        lipo_granule=granule,
+        processes=procs,
+        noise=noise,
+    )
+
+
+def _area(bounds: tuple[float, float, float, float]) -> float:
+    """Area (um^2) of a rectangle (xmin, ymin, xmax, ymax)."""
+    return (bounds[2] - bounds[0]) * (bounds[3] - bounds[1])
+
+
+def _noise_fields(
+    rng: np.random.Generator, bounds: tuple[float, float, float, float]
+) -> dict[str, ValueNoise]:
+    """Smooth fields: axon-tract density, neuropil grey, membranes, grain, chromatin, myelin bg."""
+    return {
         "tract": ValueNoise(rng, bounds, (10.0, 5.0), (0.7, 0.3)),
         "neuropil": ValueNoise(rng, bounds, (0.4, 0.15, 0.06, 0.025)),
         "membrane": ValueNoise(rng, bounds, (0.5, 0.25), (0.6, 0.4)),
@@ -175,61 +221,79 @@ def make_tissue(
         "myelin_bg": ValueNoise(rng, bounds, (3.0, 1.0)),
     }
 
-    # Nuclei: one guaranteed inside the TEM field, the rest anywhere.
-    n_nuc = max(1, rng.poisson(p["nucleus_density_per_100um2"] * area / 100.0))
-    nuc = []
+
+def _elongated(
+    rng: np.random.Generator,
+    discs: np.ndarray,
+    max_aspect: float,
+    wobble: float,
+) -> _Objects:
+    """Ellipses of the area of discs (x, y, r, ...): random aspect, orientation, wobble."""
+    aspect = rng.uniform(1.0, max_aspect, len(discs))
+    return _Objects(
+        discs[:, 0],
+        discs[:, 1],
+        discs[:, 2] * np.sqrt(aspect),
+        discs[:, 2] / np.sqrt(aspect),
+        rng.uniform(0, np.pi, len(discs)),
+        _wobbles(rng, len(discs), wobble),
+    )
+
+
+def _nuclei(
+    rng: np.random.Generator,
+    grid: _Grid,
+    bounds: tuple[float, float, float, float],
+    tem_box: tuple[float, float, float, float],
+    p: dict,
+) -> _Objects:
+    """Nuclei: one guaranteed inside the TEM field (when it fits), the rest anywhere."""
+    n_nuc = max(1, rng.poisson(p["nucleus_density_per_100um2"] * _area(bounds) / 100.0))
+    x0, y0, x1, y1 = bounds
     tx0, ty0, tx1, ty1 = tem_box
+    nuc = []
     while len(nuc) < n_nuc:
         r = rng.uniform(1.9, 3.2)
         if not nuc and min(tx1 - tx0, ty1 - ty0) > 2 * (r + 1.5):
             c = rng.uniform((tx0 + r + 1.0, ty0 + r + 1.0), (tx1 - r - 1.0, ty1 - r - 1.0))
         else:
             c = rng.uniform((x0, y0), (x1, y1))
-        if grid.free(c[0], c[1], r * 1.15, 1.0):
-            grid.add(c[0], c[1], r * 1.15)
+        if grid.take(c[0], c[1], r * 1.15, 1.0):
             nuc.append((c[0], c[1], r))
-    nuc = np.array(nuc)
-    aspect = rng.uniform(1.0, 1.3, len(nuc))
-    nuclei = _Objects(
-        nuc[:, 0],
-        nuc[:, 1],
-        nuc[:, 2] * np.sqrt(aspect),
-        nuc[:, 2] / np.sqrt(aspect),
-        rng.uniform(0, np.pi, len(nuc)),
-        _wobbles(rng, len(nuc), 0.05),
-    )
-    clumps = []
-    for i in range(len(nuclei)):
-        m = rng.integers(12, 24)
-        ang = rng.uniform(0, 2 * np.pi, m)
-        rad = np.where(rng.random(m) < 0.7, rng.uniform(0.7, 0.9, m), rng.uniform(0.0, 0.6, m))
-        a, b, t = nuclei.a[i], nuclei.b[i], nuclei.angle[i]
-        u, v = rad * a * np.cos(ang), rad * b * np.sin(ang)
-        cx = nuclei.cx[i] + np.cos(t) * u - np.sin(t) * v
-        cy = nuclei.cy[i] + np.sin(t) * u + np.cos(t) * v
-        clumps.append(np.stack([cx, cy, rng.uniform(0.1, 0.3, m)], axis=1))
+    return _elongated(rng, np.array(nuc), 1.3, 0.05)
 
-    # Lipofuscin granules: perinuclear and scattered, each a cluster of sub-discs.
-    centres = []
-    for i in range(len(nuclei)):
-        for _ in range(rng.integers(1, 4)):
-            ang = rng.uniform(0, 2 * np.pi)
-            d = max(nuclei.a[i], nuclei.b[i]) + rng.uniform(0.6, 1.4)
-            centres.append((nuclei.cx[i] + d * np.cos(ang), nuclei.cy[i] + d * np.sin(ang)))
-    for _ in range(rng.poisson(area / 90.0)):
-        centres.append(tuple(rng.uniform((x0, y0), (x1, y1))))
-    sub, droplet, gid = [], [], []
+
+def _heterochromatin(rng: np.random.Generator, nuclei: _Objects, i: int) -> np.ndarray:
+    """Heterochromatin clumps (m, 3: x, y, r) of nucleus ``i``, mostly near the envelope."""
+    m = rng.integers(12, 24)
+    ang = rng.uniform(0, 2 * np.pi, m)
+    rad = np.where(rng.random(m) < 0.7, rng.uniform(0.7, 0.9, m), rng.uniform(0.0, 0.6, m))
+    a, b, t = nuclei.a[i], nuclei.b[i], nuclei.angle[i]
+    u, v = rad * a * np.cos(ang), rad * b * np.sin(ang)
+    cx = nuclei.cx[i] + np.cos(t) * u - np.sin(t) * v
+    cy = nuclei.cy[i] + np.sin(t) * u + np.cos(t) * v
+    return np.stack([cx, cy, rng.uniform(0.1, 0.3, m)], axis=1)
+
+
+def _lipofuscin(
+    rng: np.random.Generator,
+    grid: _Grid,
+    bounds: tuple[float, float, float, float],
+    nuclei: _Objects,
+) -> tuple[_Objects, np.ndarray, np.ndarray]:
+    """Lipofuscin granules, each a cluster of sub-discs: (sub-discs, droplet?, granule id)."""
+    centres = _lipofuscin_centres(rng, bounds, nuclei)
+    sub, droplet, granule = [], [], []
     for k, (cx, cy) in enumerate(centres):
-        if not grid.free(cx, cy, 0.55, 0.1):
+        if not grid.take(cx, cy, 0.55, 0.1):
             continue
-        grid.add(cx, cy, 0.55)
         for j in range(rng.integers(2, 6)):
             off = rng.normal(0, 0.18, 2) if j else np.zeros(2)
             sub.append((cx + off[0], cy + off[1], rng.uniform(0.12, 0.3)))
             droplet.append(j > 0 and rng.random() < 0.35)
-            gid.append(k)
+            granule.append(k)
     sub = np.array(sub).reshape(-1, 3)
-    lipo = _Objects(
+    discs = _Objects(
         sub[:, 0],
         sub[:, 1],
         sub[:, 2],
@@ -237,66 +301,86 @@ def make_tissue(
         rng.uniform(0, np.pi, len(sub)),
         _wobbles(rng, len(sub), 0.08),
     )
+    return discs, np.array(droplet, dtype=bool), np.array(granule, dtype=int)
 
-    # Myelinated axons: dense in tracts (a smooth density field), sparse elsewhere.
+
+def _lipofuscin_centres(
+    rng: np.random.Generator, bounds: tuple[float, float, float, float], nuclei: _Objects
+) -> list[tuple[float, float]]:
+    """Candidate granule centres: 1-3 just outside each nucleus, then some scattered."""
+    centres = []
+    for i in range(len(nuclei)):
+        for _ in range(rng.integers(1, 4)):
+            ang = rng.uniform(0, 2 * np.pi)
+            d = max(nuclei.a[i], nuclei.b[i]) + rng.uniform(0.6, 1.4)
+            centres.append((nuclei.cx[i] + d * np.cos(ang), nuclei.cy[i] + d * np.sin(ang)))
+    x0, y0, x1, y1 = bounds
+    for _ in range(rng.poisson(_area(bounds) / 90.0)):
+        centres.append(tuple(rng.uniform((x0, y0), (x1, y1))))
+    return centres
+
+
+def _myelinated_axons(
+    rng: np.random.Generator,
+    grid: _Grid,
+    bounds: tuple[float, float, float, float],
+    tract: ValueNoise,
+    p: dict,
+) -> tuple[_Objects, np.ndarray, np.ndarray]:
+    """Myelinated axons in and out of the TEM section: (outlines, g-ratio, in section?)."""
+    ax = _axons_in_section(rng, grid, bounds, tract, p)
+    ax += _axons_out_of_section(rng, bounds, int(len(ax) * 0.25), p)
+    ax = np.array(ax, dtype=float).reshape(-1, 5)
+    return _elongated(rng, ax, 1.35, 0.06), ax[:, 3], ax[:, 4].astype(bool)
+
+
+def _axons_in_section(
+    rng: np.random.Generator,
+    grid: _Grid,
+    bounds: tuple[float, float, float, float],
+    tract: ValueNoise,
+    p: dict,
+) -> list[tuple[float, float, float, float, bool]]:
+    """Axons (x, y, outer r, g, True) cut by the section: dense in tracts, sparse elsewhere."""
     rmin, rmax = p["axon_radius_um"]
     gmin, gmax = p["g_ratio"]
+    x0, y0, x1, y1 = bounds
     ax = []
-    target = int(area * 1.6)
+    target = int(_area(bounds) * 1.6)
     for _ in range(target * 6):
         if len(ax) >= target:
             break
         c = rng.uniform((x0, y0), (x1, y1))
-        dens = float(noise["tract"](np.array([c[0]]), np.array([c[1]]))[0])
+        dens = float(tract(np.array([c[0]]), np.array([c[1]]))[0])
         if rng.random() > np.clip((dens - 0.38) * 4.0, 0.04, 1.0):
             continue
         r_in = np.exp(rng.uniform(np.log(rmin), np.log(rmax)))
         g = rng.uniform(gmin, gmax)
         r_out = r_in / g
-        if grid.free(c[0], c[1], r_out * 1.1, 0.04):
-            grid.add(c[0], c[1], r_out * 1.1)
+        if grid.take(c[0], c[1], r_out * 1.1, 0.04):
             ax.append((c[0], c[1], r_out, g, True))
-    # Out-of-section myelin: same density field, may overlap the in-section objects.
-    for _ in range(int(len(ax) * 0.25)):
+    return ax
+
+
+def _axons_out_of_section(
+    rng: np.random.Generator, bounds: tuple[float, float, float, float], n: int, p: dict
+) -> list[tuple[float, float, float, float, bool]]:
+    """``n`` axons (x, y, outer r, g, False) outside the section, seen only by confocal."""
+    rmin, rmax = p["axon_radius_um"]
+    gmin, gmax = p["g_ratio"]
+    x0, y0, x1, y1 = bounds
+    ax = []
+    for _ in range(n):
         c = rng.uniform((x0, y0), (x1, y1))
         r_out = np.exp(rng.uniform(np.log(rmin), np.log(rmax))) / rng.uniform(gmin, gmax)
         ax.append((c[0], c[1], r_out, rng.uniform(gmin, gmax), False))
-    ax = np.array(ax, dtype=float).reshape(-1, 5)
-    asp = rng.uniform(1.0, 1.35, len(ax))
-    axons = _Objects(
-        ax[:, 0],
-        ax[:, 1],
-        ax[:, 2] * np.sqrt(asp),
-        ax[:, 2] / np.sqrt(asp),
-        rng.uniform(0, np.pi, len(ax)),
-        _wobbles(rng, len(ax), 0.06),
-    )
-    in_section = ax[:, 4].astype(bool)
-    stain = np.where(in_section, rng.uniform(0.55, 1.0, len(ax)), rng.uniform(0.2, 0.55, len(ax)))
+    return ax
 
-    # Mitochondria and unmyelinated processes fill the neuropil (TEM only).
-    def free(x: float, y: float, r: float, gap: float) -> bool:
-        if grid.free(x, y, r, gap):
-            grid.add(x, y, r)
-            return True
-        return False
 
-    mitos, procs = place_neuropil(rng, bounds, free)
-    return Tissue(
-        bounds,
-        axons,
-        ax[:, 3],
-        stain,
-        in_section,
-        nuclei,
-        clumps,
-        mitos,
-        lipo,
-        np.array(droplet, dtype=bool),
-        np.array(gid, dtype=int),
-        procs,
-        noise,
-    )
+def _stain_efficiency(rng: np.random.Generator, in_section: np.ndarray) -> np.ndarray:
+    """Confocal myelin staining per axon: strong in the section, weaker outside it."""
+    n = len(in_section)
+    return np.where(in_section, rng.uniform(0.55, 1.0, n), rng.uniform(0.2, 0.55, n))
 
 
 # ------------------------------------------------------------------------ rendering
