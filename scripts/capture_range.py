@@ -3,9 +3,10 @@ perturbations of its start; does each measure come back to its unperturbed answe
 
 import numpy as np
 
+from clemalign.confidence import ConfidenceLimits, consensus
 from clemalign.evaluation import frame_ground_truth
 from clemalign.io import read_json, read_landmarks
-from clemalign.routes import capture_trials, load_registration_images, moving_image
+from clemalign.routes import capture_trials, case_answers, load_registration_images, moving_image
 from clemalign.runner import job
 from clemalign.seeds import rng_for
 
@@ -23,10 +24,15 @@ with job(smk) as log:
     )
     frame = read_json(smk.input.frame)
     truth = frame_ground_truth(frame)
-    answer = read_json(smk.input.answer)
-    answers = {
-        m: np.asarray(r["matrix"]) for m, r in answer["measures"].items() if r["status"] == "ok"
+    results = {
+        s: read_json(path) for s, path in zip(smk.params.sources, smk.input.answers, strict=True)
     }
+    answer = results[source]
+    answers = {  # this route's own answers, the targets of "coming back"
+        m: np.asarray(r["matrix"]) for m, r in answer["measures"].items() if "matrix" in r
+    }
+    limits = ConfidenceLimits.from_config(smk.params.confidence)
+    agreed = consensus(case_answers(results), images.tem.shape, images.px_per_um)
     # The same perturbations for every source of a case: seeded by the case only.
     rng = rng_for(smk.params.seed, "capture_range", case)
     trials = capture_trials(
@@ -43,6 +49,9 @@ with job(smk) as log:
         truth,
         images.weights,
         smk.params.optimiser,
+        confidence=limits,
+        chance={m: answer["measures"][m]["confidence"]["chance"] for m in answers},
+        agreed=agreed,
     )
     trials.insert(0, "source", source)
     trials.insert(0, "case", case)

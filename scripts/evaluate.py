@@ -4,10 +4,11 @@ ground truth for synthetic data), with before/after overlays."""
 import numpy as np
 import pandas as pd
 
+from clemalign.confidence import ConfidenceLimits, consensus, with_consensus
 from clemalign.evaluation import LONG_COLUMNS, frame_ground_truth, landmark_fit, score
 from clemalign.figures import registration_figure
 from clemalign.io import read_image, read_json, read_landmarks
-from clemalign.routes import moving_image
+from clemalign.routes import case_answers, moving_image
 from clemalign.runner import job
 from clemalign.transforms import Transform
 
@@ -30,7 +31,13 @@ with job(smk) as log:
         rows.append({"case": case, "source": source, "measure": measure, "status": status} | scored)
         errors[(source, measure)] = scored["mae_um"]
 
-    for source, path in zip(smk.params.sources, smk.input.results, strict=True):
+    results = {
+        s: read_json(path) for s, path in zip(smk.params.sources, smk.input.results, strict=True)
+    }
+    limits = ConfidenceLimits.from_config(smk.params.confidence)
+    agreed = consensus(case_answers(results), tem.shape, ppu)
+    log.info("consensus of the routes: %s", agreed[0] if agreed else "none (fewer than 3 answers)")
+    for source, record in results.items():
         answers[source] = {}
         predicted = None
         if source in ("sparse", "sparse_denoised", "hertzmann"):
@@ -38,10 +45,11 @@ with job(smk) as log:
             predicted = read_image(smk.input[key])[0]
         shown[source] = moving_image(source, "ssd", tem, predicted)
         add(source, "start", start, "ok")
-        for measure, result in read_json(path)["measures"].items():
-            matrix = np.asarray(result["matrix"]) if result["status"] == "ok" else None
+        for measure, result in record["measures"].items():
+            matrix = np.asarray(result["matrix"]) if "matrix" in result else None
+            status = with_consensus(result["status"], matrix, agreed, tem.shape, ppu, limits)
             answers[source][measure] = matrix
-            add(source, measure, matrix, result["status"])
+            add(source, measure, matrix, status)
     add("landmark", "fit", landmark_fit(landmarks), "ok")
     table = pd.DataFrame(rows)
     columns = LONG_COLUMNS + [c for c in table.columns if c not in LONG_COLUMNS]

@@ -1,6 +1,7 @@
 """Rule register: one source (moving image on the TEM grid) against the confocal crop,
 under every configured measure, from the landmark-fitted similarity start."""
 
+from clemalign.confidence import ConfidenceLimits
 from clemalign.io import write_json
 from clemalign.routes import (
     load_registration_images,
@@ -9,6 +10,7 @@ from clemalign.routes import (
     source_measures,
 )
 from clemalign.runner import job
+from clemalign.seeds import rng_for
 from clemalign.transforms import Transform
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -34,6 +36,8 @@ with job(smk) as log:
         images.px_per_um,
         images.weights,
         opts["optimiser"],
+        confidence=ConfidenceLimits.from_config(opts["confidence"]),
+        rng=rng_for(smk.params.seed, f"confidence/{source}", case),
     )
     for measure, result in results.items():
         log.info("%s %s: %s %s", source, measure, result["status"], result.get("info", ""))

@@ -5,7 +5,7 @@ import pandas as pd
 from clemalign.fiducials import METHODS
 from clemalign.io import read_json
 from clemalign.runner import job
-from clemalign.tables import table1, write_table
+from clemalign.tables import status_notes, table1, write_table
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
@@ -37,5 +37,6 @@ with job(smk) as log:
         smk.output.tex,
         "Table 1: landmark-based registration errors (nm), SEM to confocal "
         f"(confocal pixel {pixel_text} nm). MAE and STD of the absolute landmark errors.",
+        notes=status_notes(long, lambda r: f"{r.case} {r.method}"),
     )
     log.info("\n%s", long.to_string())

@@ -5,7 +5,7 @@ import pandas as pd
 from clemalign.evaluation import LONG_COLUMNS
 from clemalign.figures import registration_errors_plot
 from clemalign.runner import job
-from clemalign.tables import table2, write_table
+from clemalign.tables import status_notes, table2, write_table
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
@@ -22,6 +22,7 @@ with job(smk) as log:
         f"({smk.params.px_per_um:g} px/um). MAE and STD of the absolute landmark errors per case; "
         "IA = image analogies; Landmark fit = the affine least-squares fit to the landmarks.",
         digits=3,
+        notes=status_notes(long, lambda r: f"{r.case} {r.source} {r.measure}"),
     )
     registration_errors_plot(smk.output.plot, long)
     log.info("\n%s", long.to_string())

@@ -5,6 +5,7 @@ every dependency, checked without running the workflow."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import re
 import tomllib
@@ -362,6 +363,7 @@ def test_config_mirrors_the_library_defaults():
     """A notebook user calling the library without arguments gets what the workflow
     runs by default: every default is defined once in the library and config.yaml
     repeats it (this test keeps the two equal)."""
+    from clemalign.confidence import ConfidenceLimits
     from clemalign.fiducials import DEFAULT_FIDUCIAL_SETTINGS
     from clemalign.hertzmann import image_analogy
     from clemalign.phantom import DEFAULT_ANALOGY_PARAMS, DEFAULT_FIDUCIAL_PARAMS
@@ -391,6 +393,10 @@ def test_config_mirrors_the_library_defaults():
             _defaults(learn_joint_dictionary),
         ),
         "analogy (patches)": ({"patch_size": analogy["patch_size"]}, _defaults(image_analogy)),
+        "registration.confidence": (
+            config["registration"]["confidence"],
+            dataclasses.asdict(ConfidenceLimits()),
+        ),
     }
     bad = _mismatches(config["synthetic"]["analogy"], DEFAULT_ANALOGY_PARAMS, "synthetic.analogy")
     bad += _mismatches(

@@ -15,7 +15,7 @@ from clemalign.routes import (
     register_measures,
     source_measures,
 )
-from clemalign.tables import table2, to_markdown
+from clemalign.tables import status_notes, table2, to_markdown
 from clemalign.transforms import affine_matrix, translation_matrix, warp_image
 
 
@@ -93,10 +93,13 @@ def test_table2_layout():
         "Landmark fit",
     ]
     assert wide.loc["c2", ("Proposed IA MI", "STD")] == pytest.approx(0.04)
-    assert np.isnan(wide.loc["c1", ("TEM/confocal SSD", "MAE")])  # failed: not a number
-    assert "| c1 | 0.100 | 0.010 | 0.200 | 0.020 | -- | -- | 0.050 | 0.020 |" in to_markdown(
+    assert wide.loc["c1", ("TEM/confocal SSD", "MAE")] == "failed"  # the status, not 9.0
+    assert "| c1 | 0.100 | 0.010 | 0.200 | 0.020 | failed | -- | 0.050 | 0.020 |" in to_markdown(
         wide, 3
     )
+    assert status_notes(long, lambda r: f"{r.case} {r.source} {r.measure}") == [
+        "c1 raw ssd: failed: no overlap"
+    ]
 
 
 def _textured(shape=(64, 64), seed=3) -> np.ndarray:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .confidence import ConfidenceLimits, assess, chance_level, with_consensus
 from .evaluation import score
 from .io import read_image
 from .register import grid_error_um, perturb_affine, register_affine, weights_from_uncertainty
@@ -115,6 +116,9 @@ def register_measures(
     px_per_um: float,
     weights: np.ndarray | None = None,
     options: Mapping[str, object] | None = None,
+    *,
+    confidence: ConfidenceLimits | None = None,
+    rng: np.random.Generator | None = None,
 ) -> dict[str, dict]:
     """Register one source under each measure; a failure is recorded, not raised.
 
@@ -134,12 +138,19 @@ def register_measures(
         Eq. 12 weights on the TEM grid, in [0, 1] (``wssd`` only).
     options : mapping, optional
         Keyword options of :func:`clemalign.register.register_affine` (levels, bins...).
+    confidence : ConfidenceLimits, optional
+        When given, every answer is checked (:func:`clemalign.confidence.assess`) and its
+        status is ``ok``, ``uncertain: <reason>`` or ``failed: <reason>``; without it an
+        answer the optimiser returns is ``ok``.
+    rng : numpy.random.Generator, optional
+        For the checks' chance placements (required with ``confidence``).
 
     Returns
     -------
     dict
-        Per measure: ``status`` (``ok`` or ``failed: <reason>``), and when ok ``matrix``
-        (nested lists), ``value`` and ``info``.
+        Per measure: ``status``; when the optimiser returned an answer, ``matrix`` (nested
+        lists), ``value``, ``info`` and, with ``confidence``, the checks' ``confidence``
+        record.
     """
     options = dict(options or {})
     out: dict[str, dict] = {}
@@ -164,6 +175,37 @@ def register_measures(
             "value": float(result.value),
             "info": result.info,
         }
+        if confidence is not None:
+            moving = moving_for(measure)
+
+            def refine(image, begin, measure=measure):
+                return register_affine(
+                    image,
+                    fixed,
+                    begin,
+                    moving_px_per_um=px_per_um,
+                    fixed_px_per_um=px_per_um,
+                    measure=measure,
+                    weights=weights if measure == "wssd" else None,
+                    **options,
+                ).matrix
+
+            chance = chance_level(
+                refine, moving, fixed, result.matrix, px_per_um, measure, rng, confidence
+            )
+            converged = bool(result.info["levels"][-1]["converged"])
+            status, record = assess(
+                moving,
+                fixed,
+                result.matrix,
+                start,
+                px_per_um,
+                measure,
+                chance,
+                confidence,
+                converged,
+            )
+            out[measure] |= {"status": status, "confidence": record | {"chance": chance}}
     return out
 
 
@@ -181,6 +223,10 @@ def capture_trials(
     ground_truth: np.ndarray | None,
     weights: np.ndarray | None = None,
     options: Mapping[str, object] | None = None,
+    *,
+    confidence: ConfidenceLimits | None = None,
+    chance: Mapping[str, Mapping] | None = None,
+    agreed: tuple[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Register again from perturbed starts; did each come back to its unperturbed answer?
 
@@ -196,6 +242,12 @@ def capture_trials(
     success_um : float
         A trial succeeds when its mean distance over the TEM grid to the unperturbed
         answer is at most this.
+    confidence : ConfidenceLimits, optional
+        Check every trial's answer (:func:`clemalign.confidence.assess`) against
+        ``chance`` (measure -> the unperturbed registration's ``chance_level``).
+    agreed : (str, ndarray), optional
+        The case's consensus (:func:`clemalign.confidence.consensus`): a trial's answer
+        far from it is uncertain.
     (others as in :func:`register_measures` and :func:`score`)
 
     Returns
@@ -230,14 +282,20 @@ def capture_trials(
             got = register_measures(
                 moving_for, fixed, perturbed, [measure], px_per_um, weights, options
             )[measure]
+            matrix = np.asarray(got["matrix"]) if "matrix" in got else None
+            status = got["status"]
+            if confidence is not None and matrix is not None:
+                converged = bool(got["info"]["levels"][-1]["converged"])
+                args = (moving_for(measure), fixed, matrix, perturbed, px_per_um, measure)
+                status, _ = assess(*args, chance[measure], confidence, converged)
+                status = with_consensus(status, matrix, agreed, shape, px_per_um, confidence)
             row = {
                 "measure": measure,
                 "trial": trial,
                 "start_um": grid_error_um(perturbed, answer, shape, px_per_um),
-                "status": got["status"],
+                "status": status,
             }
-            if got["status"] == "ok":
-                matrix = np.asarray(got["matrix"])
+            if matrix is not None:
                 to_answer = grid_error_um(matrix, answer, shape, px_per_um)
                 scored = score(matrix, landmarks, ground_truth, shape, px_per_um)
                 row |= {
@@ -254,11 +312,15 @@ def capture_trials(
 
 
 def capture_summary(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per (case, source, measure): trials, success rate, median error (um).
+    """Per (case, source, measure): trials, success rate, median error (um), and how
+    honest the statuses were.
 
     ``median_um`` is the median over the trials of ``error_um`` (ground-truth grid error
     where ground truth is known, otherwise the landmark MAE; ``reference`` says which);
-    failed trials count as failures and do not enter the median.
+    trials without an answer count as failures and do not enter the median.
+    ``flagged_rate`` is the fraction of trials whose status is not ``ok``;
+    ``silent_over_1um`` counts trials reported ``ok`` although ``error_um`` exceeds 1 um
+    (the failures a user would not be warned of).
     """
     rows = []
     keys = ["case", "source", "measure", "reference"]
@@ -271,7 +333,26 @@ def capture_summary(trials: pd.DataFrame) -> pd.DataFrame:
                 "trials": len(group),
                 "success_rate": float(group["success"].mean()),
                 "median_um": float(group["error_um"].median()),
+                "flagged_rate": float((group["status"] != "ok").mean()),
+                "silent_over_1um": int(((group["status"] == "ok") & (group["error_um"] > 1)).sum()),
                 "reference": reference,
             }
         )
     return pd.DataFrame(rows)
+
+
+def case_answers(results: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
+    """Every answer of a case that is not ``failed``, as ``"source/measure"`` -> 3x3.
+
+    Parameters
+    ----------
+    results : mapping
+        Source -> that source's registration record (the ``register`` rule's JSON:
+        ``{"measures": {measure: {"status", "matrix", ...}}}``).
+    """
+    return {
+        f"{source}/{measure}": np.asarray(r["matrix"], float)
+        for source, record in results.items()
+        for measure, r in record["measures"].items()
+        if "matrix" in r and not r["status"].startswith("failed")
+    }

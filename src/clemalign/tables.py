@@ -72,13 +72,31 @@ def write_table(
     tex: str | Path,
     caption: str,
     digits: int = 1,
+    notes: list[str] | None = None,
 ) -> None:
-    """Write one table in the three formats (CSV keeps full precision)."""
+    """Write one table in the three formats (CSV keeps full precision); ``notes`` (e.g.
+    why a result is not trusted) follow the Markdown table and the LaTeX caption."""
     flat = table.copy()
     flat.columns = [" ".join(str(c) for c in col if str(c)) for col in table.columns]
     flat.to_csv(csv)
-    Path(md).write_text(f"{caption}\n\n" + to_markdown(table, digits))
+    text = f"{caption}\n\n" + to_markdown(table, digits)
+    if notes:
+        text += "\n" + "\n".join(f"- {note}" for note in notes) + "\n"
+        caption = caption + " " + " ".join(notes)
+    Path(md).write_text(text)
     Path(tex).write_text(to_latex(table, caption, digits))
+
+
+def status_word(status: str) -> str:
+    """``"ok"``, ``"uncertain"`` or ``"failed"`` from a status with its reason."""
+    return status.split(":", 1)[0].strip()
+
+
+def status_notes(long: pd.DataFrame, label) -> list[str]:
+    """One line per result whose status is not ok: ``<label(row)>: <status>``."""
+    return [
+        f"{label(row)}: {row.status}" for row in long.itertuples(index=False) if row.status != "ok"
+    ]
 
 
 #: Methods of Table 1, in the paper's column order, with their column titles.
@@ -92,19 +110,22 @@ TABLE1_METHODS = {
 def table1(long: pd.DataFrame) -> pd.DataFrame:
     """Paper layout of Table 1 from the long table (case, method, mae_nm, std_nm...).
 
-    Rows are cases; for each method two columns, MAE and STD in nm; a method that
-    failed on a case shows ``--``.
+    Rows are cases; for each method two columns, MAE and STD in nm; a method whose
+    status is not ok shows ``failed`` or ``uncertain`` instead of its MAE.
     """
     cols = pd.MultiIndex.from_tuples(
         [(title, m) for title in TABLE1_METHODS.values() for m in ("MAE", "STD")]
     )
     cases = list(dict.fromkeys(long["case"]))
-    wide = pd.DataFrame(index=pd.Index(cases, name="case"), columns=cols, dtype=float)
+    wide = pd.DataFrame(index=pd.Index(cases, name="case"), columns=cols, dtype=object)
     for row in long.itertuples(index=False):
         title = TABLE1_METHODS.get(row.method)
         if title is not None:
-            wide.loc[row.case, (title, "MAE")] = row.mae_nm
-            wide.loc[row.case, (title, "STD")] = row.std_nm
+            ok = row.status == "ok"
+            wide.loc[row.case, (title, "MAE")] = (
+                float(row.mae_nm) if ok else status_word(row.status)
+            )
+            wide.loc[row.case, (title, "STD")] = float(row.std_nm) if ok else np.nan
     return wide
 
 
@@ -124,8 +145,9 @@ def table2(long: pd.DataFrame) -> pd.DataFrame:
     """Paper layout of Table 2 from the long table (case, source, measure, mae_um, std_um...).
 
     Rows are cases; for each (source, measure) present, two columns, MAE and STD in um,
-    titled "<source> <measure>"; the landmark fit last. A registration that failed shows
-    ``--``.
+    titled "<source> <measure>"; the landmark fit last. A registration whose status is
+    not ok shows ``failed`` or ``uncertain`` instead of its MAE (and ``--`` as STD): the
+    long table keeps its numbers and :func:`status_notes` its reason.
     """
     present = set(zip(long["source"], long["measure"], strict=True))
     groups = [
@@ -136,11 +158,11 @@ def table2(long: pd.DataFrame) -> pd.DataFrame:
     ]
     cols = pd.MultiIndex.from_tuples([(t, stat) for _, _, t in groups for stat in ("MAE", "STD")])
     cases = list(dict.fromkeys(long["case"]))
-    wide = pd.DataFrame(index=pd.Index(cases, name="case"), columns=cols, dtype=float)
+    wide = pd.DataFrame(index=pd.Index(cases, name="case"), columns=cols, dtype=object)
     titles = {(s, m): t for s, m, t in groups}
     for row in long.itertuples(index=False):
         title = titles[(row.source, row.measure)]
         ok = row.status == "ok"
-        wide.loc[row.case, (title, "MAE")] = row.mae_um if ok else np.nan
-        wide.loc[row.case, (title, "STD")] = row.std_um if ok else np.nan
+        wide.loc[row.case, (title, "MAE")] = float(row.mae_um) if ok else status_word(row.status)
+        wide.loc[row.case, (title, "STD")] = float(row.std_um) if ok else np.nan
     return wide

@@ -161,7 +161,7 @@ DICTIONARY = TRAINING_PAIRS + (
     "dictionary_max_iter",
 )
 PREDICTION = ("patch_size", "lambda", "gamma", "em_intensity", "eq7_tol", "eq7_max_iter")
-REGISTRATION = settings("registration", ("measures", "weighted_ssd"))
+REGISTRATION = settings("registration", ("measures", "weighted_ssd", "confidence"))
 REGISTRATION["optimiser"] = settings("registration", ("levels", "bins"))  # register_affine's
 
 

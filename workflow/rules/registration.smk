@@ -13,6 +13,7 @@ rule register:
         source="sparse|sparse_denoised|hertzmann|raw",
     params:
         registration=REGISTRATION,
+        seed=config["seed"],
     log:
         f"{R}/logs/register/{{case}}_{{source}}.log",
     benchmark:
@@ -42,6 +43,7 @@ rule evaluate:
         case=constraint(cases_of("analogy")),
     params:
         sources=registration_sources(),
+        confidence=config["registration"]["confidence"],
     log:
         f"{R}/logs/evaluate/{{case}}.log",
     benchmark:
@@ -94,7 +96,9 @@ rule capture_range:
         unpack(registration_inputs),
         landmarks=f"{R}/preprocessed/{{case}}/landmarks.csv",
         frame=f"{R}/preprocessed/{{case}}/frame.json",
-        answer=f"{R}/registration/{{case}}/{{source}}.json",
+        answers=expand(
+            f"{R}/registration/{{{{case}}}}/{{source}}.json", source=registration_sources()
+        ),
     output:
         f"{R}/registration/{{case}}/capture_{{source}}.csv",
     wildcard_constraints:
@@ -103,6 +107,8 @@ rule capture_range:
     params:
         optimiser=REGISTRATION["optimiser"],
         capture=config["registration"]["capture_range"],
+        confidence=config["registration"]["confidence"],
+        sources=registration_sources(),
         seed=config["seed"],
     log:
         f"{R}/logs/capture_range/{{case}}_{{source}}.log",
