@@ -1,0 +1,345 @@
+"""A start without landmarks: global search over rotation, scale, mirror and shift.
+
+For every candidate linear map (rotation x isotropic scale x mirror) the moving image is
+drawn, at a coarse sampling, in the fixed image's orientation, and its masked normalised
+cross-correlation with the fixed image is computed for every shift at once by FFT
+(Padfield 2012, "Masked object registration in the Fourier domain"). The best distinct
+candidates are refined by the affine registration at full sampling, and the refined
+answer with the best correlation of the locally normalised images wins; the gap to the
+runner-up says how distinct the winning optimum is.
+
+The correlation needs a moving image whose intensities rise with the fixed image's: the
+inverted TEM or a predicted confocal, not the raw TEM (for mutual information the
+refinement can then use any of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+from scipy.signal import fftconvolve
+
+from .confidence import similarity
+from .register import grid_error_um, register_affine
+from .transforms import affine_matrix, warp_image
+
+
+@dataclass(frozen=True)
+class SearchRange:
+    """What the global search tries (config ``registration.global_search``).
+
+    Attributes
+    ----------
+    rotation_deg : (float, float)
+        Rotations tried, degrees (moving -> fixed), from the first to the second.
+    rotation_step_deg : float
+        Step between rotations, degrees.
+    scale : (float, float)
+        Isotropic scales tried (fixed um per moving um), relative to the two pixel sizes.
+    scale_steps : int
+        Number of scales in that range.
+    mirror : bool
+        Also try the moving image mirrored (x -> -x).
+    coarse_px_per_um : float
+        Sampling of the correlation, px/um.
+    min_overlap : float
+        Fraction of the moving image that must lie inside the fixed one.
+    contrast_um : float
+        Both images are locally normalised (mean and standard deviation over a Gaussian
+        of this sigma, um) before they are correlated, so that fibre-scale structure,
+        not the large dark nuclei or the slow background, decides the match.
+    candidates : int
+        Best distinct candidates refined at full sampling.
+    """
+
+    rotation_deg: tuple[float, float] = (-180.0, 180.0)
+    rotation_step_deg: float = 4.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    scale_steps: int = 7
+    mirror: bool = True
+    coarse_px_per_um: float = 2.0
+    min_overlap: float = 0.8
+    contrast_um: float = 1.0
+    candidates: int = 4
+
+    @classmethod
+    def from_config(cls, settings) -> SearchRange:
+        """From a config mapping (missing keys keep their defaults)."""
+        values = dict(settings or {})
+        for key in ("rotation_deg", "scale"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def linear_maps(self) -> list[tuple[float, float, bool]]:
+        """(rotation_deg, scale, mirrored) of every candidate."""
+        lo, hi = self.rotation_deg
+        n = max(1, int(np.floor((hi - lo) / self.rotation_step_deg + 1e-9)))
+        if hi - lo >= 360.0 - 1e-9:
+            angles = lo + self.rotation_step_deg * np.arange(n)  # the circle, no duplicate
+        else:
+            angles = np.linspace(lo, hi, n + 1)
+        scales = np.linspace(*self.scale, self.scale_steps) if self.scale_steps > 1 else [1.0]
+        mirrors = (False, True) if self.mirror else (False,)
+        return [(float(a), float(s), m) for m in mirrors for s in scales for a in angles]
+
+
+@dataclass
+class SearchResult:
+    """Outcome of :func:`global_search`.
+
+    Attributes
+    ----------
+    matrix : ndarray, shape (3, 3)
+        The refined answer, moving um -> fixed um.
+    similarity : float
+        Its score: Pearson r of the locally normalised images (:func:`local_contrast`)
+        at the refined transform.
+    gap : float
+        Its lead over the best refined runner-up that ends elsewhere (inf if none).
+    candidates : list of dict
+        The refined candidates: ``rotation_deg, scale, mirrored, ncc`` (coarse score),
+        ``similarity`` after refinement, ``matrix``.
+    """
+
+    matrix: np.ndarray
+    similarity: float
+    gap: float
+    candidates: list[dict] = field(default_factory=list)
+
+
+def masked_ncc(
+    fixed: np.ndarray, fixed_mask: np.ndarray, moving: np.ndarray, moving_mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised cross-correlation of ``moving`` over ``fixed`` at every integer shift,
+    each over the pixels where both masks are set (Padfield 2012).
+
+    Returns
+    -------
+    ncc : ndarray, shape (fixed + moving - 1)
+        ``ncc[i, j]``: the moving image's pixel (0, 0) on the fixed image's pixel
+        ``(i - moving.shape[0] + 1, j - moving.shape[1] + 1)``; 0 where undefined.
+    overlap : ndarray, same shape
+        Number of pixels both masks share at that shift.
+    """
+    fm = fixed_mask.astype(float)
+    mm = moving_mask.astype(float)
+    f = np.where(fixed_mask, fixed, 0.0)
+    m = np.where(moving_mask, moving, 0.0)
+
+    def corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return fftconvolve(a, b[::-1, ::-1], mode="full")
+
+    n = np.maximum(np.round(corr(fm, mm)), 0.0)
+    sf, sff = corr(f, mm), corr(f * f, mm)
+    sm, smm = corr(fm, m), corr(fm, m * m)
+    sfm = corr(f, m)
+    safe = np.maximum(n, 1.0)
+    cov = sfm - sf * sm / safe
+    var = (sff - sf * sf / safe) * (smm - sm * sm / safe)
+    ok = (n > 1) & (var > 1e-12 * np.max(np.abs(var)))
+    ncc = np.zeros_like(cov)
+    ncc[ok] = cov[ok] / np.sqrt(var[ok])
+    return ncc, n
+
+
+def local_contrast(image: np.ndarray, px_per_um: float, sigma_um: float) -> np.ndarray:
+    """``(image - local mean) / local standard deviation`` over a Gaussian of
+    ``sigma_um``; NaN pixels are left out of the local statistics and stay NaN."""
+    image = np.asarray(image, float)
+    ok = np.isfinite(image)
+    sigma = sigma_um * px_per_um
+    weight = np.maximum(ndimage.gaussian_filter(ok.astype(float), sigma), 1e-12)
+    filled = np.where(ok, image, 0.0)
+    mean = ndimage.gaussian_filter(filled, sigma) / weight
+    var = ndimage.gaussian_filter(np.where(ok, (filled - mean) ** 2, 0.0), sigma) / weight
+    out = (filled - mean) / np.sqrt(var + 1e-12 + 1e-6 * np.nanvar(image))
+    return np.where(ok, out, np.nan)
+
+
+def _coarse(image: np.ndarray, px_per_um: float, coarse_px_per_um: float) -> np.ndarray:
+    """The image resampled (anti-aliased) to the coarse sampling."""
+    h_um, w_um = image.shape[0] / px_per_um, image.shape[1] / px_per_um
+    shape = (
+        max(1, int(round(h_um * coarse_px_per_um))),
+        max(1, int(round(w_um * coarse_px_per_um))),
+    )
+    return warp_image(image, px_per_um, np.eye(3), shape, coarse_px_per_um)
+
+
+def _drawn(
+    moving: np.ndarray, px_per_um: float, linear: np.ndarray, coarse_px_per_um: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The moving image drawn through ``linear`` (2x2, moving um -> fixed um) on a coarse
+    grid in the fixed orientation, and that grid's origin in fixed um (before shifting)."""
+    h, w = moving.shape[0] / px_per_um, moving.shape[1] / px_per_um
+    corners = linear @ np.array([[0.0, w, 0.0, w], [0.0, 0.0, h, h]])
+    origin = corners.min(axis=1)
+    size = corners.max(axis=1) - origin
+    shape = (int(np.ceil(size[1] * coarse_px_per_um)), int(np.ceil(size[0] * coarse_px_per_um)))
+    to_grid = np.eye(3)
+    to_grid[:2, :2], to_grid[:2, 2] = linear, -origin
+    return warp_image(moving, px_per_um, to_grid, shape, coarse_px_per_um), origin
+
+
+def _candidate_matrix(linear: np.ndarray, origin: np.ndarray, shift_um: np.ndarray) -> np.ndarray:
+    """Moving um -> fixed um: the drawn grid's origin moved to ``shift_um``."""
+    matrix = np.eye(3)
+    matrix[:2, :2], matrix[:2, 2] = linear, shift_um - origin
+    return matrix
+
+
+def coarse_candidates(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    *,
+    moving_px_per_um: float,
+    fixed_px_per_um: float,
+    search: SearchRange,
+) -> list[dict]:
+    """Every candidate linear map with its best shift and score, best first.
+
+    Returns
+    -------
+    list of dict
+        ``rotation_deg, scale, mirrored, ncc, matrix`` (moving um -> fixed um).
+    """
+    p = search.coarse_px_per_um
+    fixed = local_contrast(fixed, fixed_px_per_um, search.contrast_um)
+    moving = local_contrast(moving, moving_px_per_um, search.contrast_um)
+    fixed_c = _coarse(fixed, fixed_px_per_um, p)
+    fixed_ok = np.isfinite(fixed_c)
+    out = []
+    for angle, scale, mirrored in search.linear_maps():
+        linear = affine_matrix(angle, (scale, scale), 0.0, (0.0, 0.0))[:2, :2]
+        if mirrored:
+            linear = linear @ np.diag([-1.0, 1.0])
+        drawn, origin = _drawn(np.asarray(moving, float), moving_px_per_um, linear, p)
+        drawn_ok = np.isfinite(drawn)
+        if drawn_ok.sum() < 16:
+            continue
+        ncc, overlap = masked_ncc(fixed_c, fixed_ok, drawn, drawn_ok)
+        ncc[overlap < search.min_overlap * drawn_ok.sum()] = -np.inf
+        i, j = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+        if not np.isfinite(ncc[i, j]):
+            continue
+        row, col = i - drawn.shape[0] + 1, j - drawn.shape[1] + 1
+        shift_um = np.array([col, row], float) / p  # the grid's corner on the fixed image
+        out.append(
+            {
+                "rotation_deg": angle,
+                "scale": scale,
+                "mirrored": mirrored,
+                "ncc": float(ncc[i, j]),
+                "matrix": _candidate_matrix(linear, origin, shift_um),
+            }
+        )
+    return sorted(out, key=lambda c: -c["ncc"])
+
+
+def _distinct(candidates: Sequence[dict], n: int, shape, px_per_um: float) -> list[dict]:
+    """The ``n`` best candidates at least 1 um (mean over the moving grid) apart."""
+    kept: list[dict] = []
+    for c in candidates:
+        if all(grid_error_um(c["matrix"], k["matrix"], shape, px_per_um) > 1.0 for k in kept):
+            kept.append(c)
+        if len(kept) == n:
+            break
+    return kept
+
+
+def global_search(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    *,
+    moving_px_per_um: float,
+    fixed_px_per_um: float,
+    search: SearchRange | None = None,
+    measure: str = "mi",
+    refine_moving: np.ndarray | None = None,
+    options: dict | None = None,
+) -> SearchResult:
+    """Register without a start: coarse global search, then affine refinement.
+
+    Parameters
+    ----------
+    moving : ndarray
+        Moving image whose intensities rise with the fixed image's (inverted TEM, or a
+        predicted confocal), at ``moving_px_per_um``; used for the coarse correlation.
+    fixed : ndarray
+        Fixed image at ``fixed_px_per_um`` (e.g. the whole confocal field).
+    search : SearchRange, optional
+        Rotations, scales, mirror, coarse sampling, number of candidates refined.
+    measure : {"mi", "ssd", "wssd"}
+        Measure of the refinement (:func:`clemalign.register.register_affine`).
+    refine_moving : ndarray, optional
+        Moving image of the refinement (default ``moving``; e.g. the raw TEM for MI).
+    options : dict, optional
+        Further keyword options of :func:`clemalign.register.register_affine`.
+
+    Returns
+    -------
+    SearchResult
+
+    Raises
+    ------
+    ValueError
+        When no candidate overlaps the fixed image enough or none can be refined.
+    """
+    search = search or SearchRange()
+    refine_moving = moving if refine_moving is None else refine_moving
+    ranked = coarse_candidates(
+        moving,
+        fixed,
+        moving_px_per_um=moving_px_per_um,
+        fixed_px_per_um=fixed_px_per_um,
+        search=search,
+    )
+    if not ranked:
+        raise ValueError("global search: no candidate places the moving image inside the fixed one")
+    # the refined candidates compete on the same contrast correlation as the coarse search:
+    # mutual information, free in six parameters, lifts wrong candidates nearly as high
+    moving_lc = local_contrast(moving, moving_px_per_um, search.contrast_um)
+    fixed_lc = local_contrast(fixed, fixed_px_per_um, search.contrast_um)
+    refined = []
+    for c in _distinct(ranked, search.candidates, moving.shape, moving_px_per_um):
+        try:
+            got = register_affine(
+                refine_moving,
+                fixed,
+                c["matrix"],
+                moving_px_per_um=moving_px_per_um,
+                fixed_px_per_um=fixed_px_per_um,
+                measure=measure,
+                **(options or {}),
+            )
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+            continue
+        value = _similarity(
+            moving_lc, fixed_lc, got.matrix, moving_px_per_um, fixed_px_per_um, "ssd"
+        )
+        refined.append(c | {"similarity": value, "matrix": got.matrix})
+    refined = [r for r in refined if np.isfinite(r["similarity"])]
+    if not refined:
+        raise ValueError("global search: no candidate could be refined")
+    refined.sort(key=lambda r: -r["similarity"])
+    best = refined[0]
+    others = [
+        r["similarity"]
+        for r in refined[1:]
+        if grid_error_um(r["matrix"], best["matrix"], moving.shape, moving_px_per_um) > 0.5
+    ]
+    gap = best["similarity"] - max(others) if others else float("inf")
+    return SearchResult(best["matrix"], best["similarity"], gap, refined)
+
+
+def _similarity(moving, fixed, matrix, moving_ppu, fixed_ppu, measure) -> float:
+    """:func:`clemalign.confidence.similarity` with the fixed image at its own sampling."""
+    if abs(moving_ppu - fixed_ppu) > 1e-9:
+        h, w = fixed.shape[0] / fixed_ppu, fixed.shape[1] / fixed_ppu
+        shape = (int(round(h * moving_ppu)), int(round(w * moving_ppu)))
+        fixed = warp_image(fixed, fixed_ppu, np.eye(3), shape, moving_ppu)
+    return similarity(moving, fixed, matrix, moving_ppu, measure)
