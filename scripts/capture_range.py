@@ -2,6 +2,7 @@
 perturbations of its start; does each measure come back to its unperturbed answer?"""
 
 import numpy as np
+import pandas as pd
 
 from clemalign.confidence import ConfidenceLimits, consensus
 from clemalign.evaluation import frame_ground_truth
@@ -33,27 +34,33 @@ with job(smk) as log:
     }
     limits = ConfidenceLimits.from_config(smk.params.confidence)
     agreed = consensus(case_answers(results), images.tem.shape, images.px_per_um)
-    # The same perturbations for every source of a case: seeded by the case only.
-    rng = rng_for(smk.params.seed, "capture_range", case)
-    trials = capture_trials(
-        lambda measure: moving_image(source, measure, images.tem, images.predicted),
-        images.fixed,
-        np.asarray(answer["start"]),
-        answers,
-        images.px_per_um,
-        rng,
-        capture["trials"],
-        capture,
-        capture["success_um"],
-        read_landmarks(smk.input.landmarks),
-        truth,
-        images.weights,
-        smk.params.optimiser,
-        confidence=limits,
-        chance={m: answer["measures"][m]["confidence"]["chance"] for m in answers},
-        agreed=agreed,
-    )
+    tables = []
+    for protocol in capture["protocols"]:
+        # The same perturbations for every source of a case: seeded by case and protocol.
+        rng = rng_for(smk.params.seed, f"capture_range/{protocol['name']}", case)
+        table = capture_trials(
+            lambda measure: moving_image(source, measure, images.tem, images.predicted),
+            images.fixed,
+            np.asarray(answer["start"]),
+            answers,
+            images.px_per_um,
+            rng,
+            protocol.get("trials", capture["trials"]),
+            protocol,
+            capture["success_um"],
+            read_landmarks(smk.input.landmarks),
+            truth,
+            images.weights,
+            smk.params.optimiser,
+            confidence=limits,
+            chance={m: answer["measures"][m]["confidence"]["chance"] for m in answers},
+            agreed=agreed,
+        )
+        tables.append(table.assign(protocol=protocol["name"]))
+    trials = pd.concat(tables, ignore_index=True)
     trials.insert(0, "source", source)
     trials.insert(0, "case", case)
+    trials.insert(0, "protocol", trials.pop("protocol"))
     trials.to_csv(smk.output[0], index=False, float_format="%.6f")
-    log.info("\n%s", trials.groupby("measure")[["success", "error_um"]].mean().to_string())
+    means = trials.groupby(["protocol", "measure"])[["success", "error_um"]].mean()
+    log.info("\n%s", means.to_string())

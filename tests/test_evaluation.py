@@ -122,7 +122,7 @@ def test_register_measures_records_failures_and_capture_comes_back():
     answer = np.asarray(got["ssd"]["matrix"])
     assert score(answer, lmk, truth, moving.shape, ppu)["gt_mean_um"] < 0.05
     bounds = {"max_rotation_deg": 2.0, "max_scale": 0.02, "max_shear": 0.01}
-    bounds["max_translation_px"] = 2.0
+    bounds["max_translation_um"] = 1.0
     trials = capture_trials(
         lambda m: moving,
         fixed,

@@ -21,7 +21,15 @@ results: out
 analogy: {n_training_cases: 1, patch_size: 5, n_patches: 400, n_atoms: 30, lambda: 0.05,
           dictionary_max_iter: 5, eq7_max_iter: 5}
 hertzmann: {levels: 2, max_training_px: 3000}
-registration: {levels: 2, capture_range: {trials: 2}}
+registration:
+  levels: 2
+  capture_range:
+    trials: 2
+    protocols:
+      - {name: standard, max_rotation_deg: 4.0, max_scale: 0.05, max_shear: 0.03,
+         max_translation_um: 0.55}
+      - {name: wide, trials: 1, max_rotation_deg: 15.0, max_scale: 0.1, max_shear: 0.03,
+         max_translation_um: 2.0}
 synthetic:
   analogy:
     n_cases: 2
@@ -175,7 +183,8 @@ def test_tiny_run_produces_every_output_deterministically(tiny_runs):
     assert (table2.loc[table2["source"] == "landmark", "status"] == "ok").all()
     assert table2["gt_mean_um"].notna().all()
     capture = pd.read_csv(a / "tables/capture_range.csv")
-    assert list(capture.columns[:6]) == [
+    assert list(capture.columns[:7]) == [
+        "protocol",
         "case",
         "source",
         "measure",
@@ -183,7 +192,9 @@ def test_tiny_run_produces_every_output_deterministically(tiny_runs):
         "success_rate",
         "median_um",
     ]
-    assert len(capture) == 20 and (capture["trials"] == 2).all()
+    assert len(capture) == 40 and set(capture["protocol"]) == {"standard", "wide"}
+    assert (capture.loc[capture["protocol"] == "wide", "trials"] == 1).all()
+    assert (capture.loc[capture["protocol"] == "standard", "trials"] == 2).all()
     # Same config and seed, other folder: identical data, images and tables.
     for rel in (
         "tables/prediction_quality.csv",
@@ -234,7 +245,7 @@ def test_a_changed_setting_reruns_only_the_rules_that_use_it(tiny_runs, tmp_path
         assert not planned & {"phantom_analogy", "preprocess_analogy", "learn_dictionary"}
         assert "predict_hertzmann" not in planned
         # capture range trials: the capture range only
-        trials = TINY.replace("trials: 2}", "trials: 3}")
+        trials = TINY.replace("trials: 2\n", "trials: 3\n")
         planned = _planned_rules(workdir, trials)
         assert "capture_range" in planned and "register" not in planned
     finally:
@@ -339,7 +350,8 @@ def test_one_bad_case_does_not_stop_the_others(tmp_path):
         rows.append(f"{name}\tanalogy\t{p['em']}\t{p['lm']}\t{p['landmarks']}")
     sheet.write_text("\n".join(rows) + "\n")
     config = f"data: {{source: sheet, case_sheet: {sheet}}}\n"
-    config += "registration: {levels: 2, capture_range: {trials: 1}}\n"
+    config += "registration: {levels: 2, capture_range: {trials: 1, protocols: [{name: s, "
+    config += "max_rotation_deg: 4, max_scale: 0.05, max_shear: 0.03, max_translation_um: 0.5}]}}\n"
     result = snakemake(tmp_path / "wd", "--keep-going", config=config)
     text = result.stdout + result.stderr
     assert result.returncode != 0

@@ -565,12 +565,16 @@ def registration_errors_plot(path: str, long: pd.DataFrame) -> None:
 
 
 def capture_range_plot(path: str, summary: pd.DataFrame, success_um: float) -> None:
-    """Success rate per case and (source, measure) from perturbed starts."""
-    methods = list(dict.fromkeys(zip(summary["source"], summary["measure"], strict=True)))
+    """Success rate per case and (protocol, source, measure) from perturbed starts."""
+    if "protocol" not in summary:
+        summary = summary.assign(protocol="standard")
+    keys = zip(summary["protocol"], summary["source"], summary["measure"], strict=True)
+    methods = list(dict.fromkeys(keys))
     cases = list(dict.fromkeys(summary["case"]))
     grid = np.full((len(methods), len(cases)), np.nan)
     for row in summary.itertuples(index=False):
-        grid[methods.index((row.source, row.measure)), cases.index(row.case)] = row.success_rate
+        key = (row.protocol, row.source, row.measure)
+        grid[methods.index(key), cases.index(row.case)] = row.success_rate
     fig = Figure(figsize=(1.0 * len(cases) + 4, 0.45 * len(methods) + 1.8))
     ax = fig.subplots()
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -580,7 +584,7 @@ def capture_range_plot(path: str, summary: pd.DataFrame, success_um: float) -> N
                 colour = "black" if grid[i, j] > 0.6 else "white"
                 ax.text(j, i, f"{grid[i, j]:.0%}", ha="center", va="center", color=colour)
     ax.set_xticks(range(len(cases)), cases)
-    ax.set_yticks(range(len(methods)), [f"{s} {m}" for s, m in methods])
+    ax.set_yticks(range(len(methods)), [f"{p}: {s} {m}" for p, s, m in methods])
     fig.colorbar(im, ax=ax, label="success rate")
     ax.set_title(f"Capture range: back within {success_um} um of the unperturbed answer")
     fig.tight_layout()

@@ -238,7 +238,7 @@ def capture_trials(
     answers : mapping
         Measure -> unperturbed answer (3x3, TEM um -> crop um); only these measures run.
     bounds : mapping
-        ``max_rotation_deg``, ``max_scale``, ``max_shear``, ``max_translation_px``.
+        ``max_rotation_deg``, ``max_scale``, ``max_shear``, ``max_translation_um``.
     success_um : float
         A trial succeeds when its mean distance over the TEM grid to the unperturbed
         answer is at most this.
@@ -272,7 +272,7 @@ def capture_trials(
             max_rotation_deg=bounds["max_rotation_deg"],
             max_scale=bounds["max_scale"],
             max_shear=bounds["max_shear"],
-            max_translation_um=bounds["max_translation_px"] / px_per_um,
+            max_translation_um=bounds["max_translation_um"],
         )
         for _ in range(trials)
     ]
@@ -312,8 +312,8 @@ def capture_trials(
 
 
 def capture_summary(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per (case, source, measure): trials, success rate, median error (um), and how
-    honest the statuses were.
+    """Per (protocol, case, source, measure): trials, success rate, median error (um), and
+    how honest the statuses were.
 
     ``median_um`` is the median over the trials of ``error_um`` (ground-truth grid error
     where ground truth is known, otherwise the landmark MAE; ``reference`` says which);
@@ -323,10 +323,13 @@ def capture_summary(trials: pd.DataFrame) -> pd.DataFrame:
     (the failures a user would not be warned of).
     """
     rows = []
-    keys = ["case", "source", "measure", "reference"]
-    for (case, source, measure, reference), group in trials.groupby(keys, sort=False):
+    keys = ["protocol", "case", "source", "measure", "reference"]
+    if "protocol" not in trials:
+        trials = trials.assign(protocol="standard")
+    for (protocol, case, source, measure, reference), group in trials.groupby(keys, sort=False):
         rows.append(
             {
+                "protocol": protocol,
                 "case": case,
                 "source": source,
                 "measure": measure,
