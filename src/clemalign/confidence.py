@@ -58,7 +58,7 @@ class ConfidenceLimits:
     max_shear: float = 0.1
     uncertain_z: float = 2.0
     failed_z: float = 1.0
-    chance_trials: int = 6
+    chance_trials: int = 4
     agree_um: float = 0.5
 
     @classmethod
