@@ -185,6 +185,51 @@ def eq7_objective(
     return float(0.5 * gamma * np.sum((u1 - f1) ** 2) + total / n)
 
 
+class _Eq7:
+    """The problem of eq. 7 (eq. 5 without ``D2``) for one image: its dictionary, the
+    closed-form images for given codes, the stacked patches and the objective."""
+
+    def __init__(self, f1, D1, D2, lam, gamma, size):
+        self.f1, self.lam, self.gamma, self.size = f1, lam, gamma, size
+        self.shape = f1.shape
+        self.D = np.ascontiguousarray(D1 if D2 is None else np.vstack([D1, D2]), dtype=np.float64)
+        self.Dt = np.ascontiguousarray(self.D.T)
+        self.gram = self.D.T @ self.D
+        self.m1 = D1.shape[0]
+        self.parts = 1 if D2 is None else 2
+        self.n = (self.shape[0] - size + 1) * (self.shape[1] - size + 1)
+        _, self.count = overlap_sum(np.zeros((self.m1, self.n)), self.shape, size)
+
+    def images(self, codes: sparse.csc_matrix) -> tuple:
+        """The optimal images for given codes (closed form)."""
+        totals = np.zeros((self.parts, *self.shape))
+        decode_overlap(codes.indptr, codes.indices, codes.data, self.Dt, self.size, totals)
+        n, gamma = self.n, self.gamma
+        new_u1 = (gamma * self.f1 + totals[0] / n) / (gamma + self.count / n)
+        return new_u1, (totals[1] / self.count if self.parts == 2 else None)
+
+    def stacked(self, u1: np.ndarray, u2: np.ndarray | None) -> np.ndarray:
+        """Stacked patches (m, n), laid out patch by patch (F order) for the GEMM."""
+        size = self.size
+        out = np.empty((self.n, size * size * self.parts))
+        for p, u in enumerate([u1, u2][: self.parts]):
+            patches_into(np.ascontiguousarray(u), size, out, p * size * size)
+        return out.T
+
+    def objective(self, u1: np.ndarray, u2: np.ndarray | None, codes: sparse.csc_matrix) -> float:
+        """E of eq. 7 (eq. 5), without storing the patches."""
+        both = np.ascontiguousarray(np.stack([u1, u2][: self.parts]))
+        fit = 0.5 * residual_sq(codes.indptr, codes.indices, codes.data, self.Dt, both, self.size)
+        fit += self.lam * np.abs(codes.data).sum()
+        return float(0.5 * self.gamma * np.sum((u1 - self.f1) ** 2) + fit / self.n)
+
+    def spread(self, codes: sparse.csc_matrix) -> np.ndarray:
+        """Per-pixel spread of the overlapping predictions of the last image."""
+        Dt = np.ascontiguousarray(self.Dt[:, self.m1 :]) if self.parts == 2 else self.Dt
+        pred = decode_rows(codes.indptr, codes.indices, codes.data, Dt)
+        return overlap_spread(pred.T, self.shape, self.size)
+
+
 def reconstruct(
     f1: np.ndarray,
     D1: np.ndarray,
@@ -257,38 +302,10 @@ def reconstruct(
     """
     log = log or LOG
     start = time.perf_counter()
-    f1 = np.asarray(f1, dtype=np.float64)
-    shape = f1.shape
-    D = np.ascontiguousarray(D1 if D2 is None else np.vstack([D1, D2]), dtype=np.float64)
-    Dt = np.ascontiguousarray(D.T)
-    gram = D.T @ D
-    m1 = D1.shape[0]
-    parts = 1 if D2 is None else 2
-    codes = lasso_codes(extract_patches(f1, size), D1, lam)  # decoupled start
-    n = codes.shape[1]
-    _, count = overlap_sum(np.zeros((m1, n)), shape, size)  # patches covering each pixel
-
-    def images(codes: sparse.csc_matrix) -> tuple:
-        """The optimal images for given codes (closed form)."""
-        totals = np.zeros((parts, *shape))
-        decode_overlap(codes.indptr, codes.indices, codes.data, Dt, size, totals)
-        new_u1 = (gamma * f1 + totals[0] / n) / (gamma + count / n)
-        return new_u1, (totals[1] / count if parts == 2 else None)
-
-    def stacked(u1: np.ndarray, u2: np.ndarray | None) -> np.ndarray:
-        """Stacked patches (m, n), laid out patch by patch (F order) for the GEMM."""
-        out = np.empty((n, size * size * parts))
-        for p, u in enumerate([u1, u2][:parts]):
-            patches_into(np.ascontiguousarray(u), size, out, p * size * size)
-        return out.T
-
-    def objective(u1: np.ndarray, u2: np.ndarray | None, codes: sparse.csc_matrix) -> float:
-        """E of eq. 7 (eq. 5), without storing the patches."""
-        both = np.ascontiguousarray(np.stack([u1, u2][:parts]))
-        fit = 0.5 * residual_sq(codes.indptr, codes.indices, codes.data, Dt, both, size)
-        fit += lam * np.abs(codes.data).sum()
-        return float(0.5 * gamma * np.sum((u1 - f1) ** 2) + fit / n)
-
+    eq = _Eq7(np.asarray(f1, dtype=np.float64), D1, D2, lam, gamma, size)
+    codes = lasso_codes(extract_patches(eq.f1, size), D1, lam)  # decoupled start
+    images, stacked, objective = eq.images, eq.stacked, eq.objective
+    D, gram = eq.D, eq.gram
     u1, u2 = images(codes)
     value = objective(u1, u2, codes)
     history = [value]
@@ -350,9 +367,6 @@ def reconstruct(
         Y = stacked(u1, u2)
         _, _, viol = _lasso_codes(Y, D, lam, gram=gram, warm=codes, warm_kkt=True)
         kkt = viol / lam
-    Dt_pred = np.ascontiguousarray(Dt[:, m1:]) if parts == 2 else Dt
-    pred = decode_rows(codes.indptr, codes.indices, codes.data, Dt_pred)
-    spread = overlap_spread(pred.T, shape, size)
     info = {
         "iterations": steps,
         "full_steps": full_steps,
@@ -360,10 +374,10 @@ def reconstruct(
         "kkt": float(kkt),
         "converged": converged,
         "seconds": time.perf_counter() - start,
-        "nnz": codes.nnz / n,
-        "patch_dim": m1,
+        "nnz": codes.nnz / eq.n,
+        "patch_dim": eq.m1,
     }
-    return Prediction(u1, u2, spread, codes, info)
+    return Prediction(u1, u2, eq.spread(codes), codes, info)
 
 
 # ----------------------------------------------------------- the workflow's three steps
