@@ -98,9 +98,9 @@ from scipy.sparse.linalg import spsolve
 
 from .register import (
     MEASURES,
-    MI_PERCENTILES,
     _check_measure,
     _fixed_samples,
+    _intensity_model,
     _mi_histogram,
     _parzen,
     _pyramid,
@@ -723,28 +723,9 @@ def make_bspline_cost(
             f"no overlap: only {overlap:.1%} of the moving pixels map inside the fixed "
             f"image under the start (minimum {min_overlap:.0%})"
         )
-    fixed_range = moving_range = (0.0, 1.0)
-    if measure == "mi":
-        fixed_range = tuple(np.percentile(f_values, MI_PERCENTILES))
-        moving_range = tuple(np.percentile(values, MI_PERCENTILES))
-        for name, (lo, hi) in (("fixed", fixed_range), ("moving", moving_range)):
-            if not hi > lo:
-                raise ValueError(f"{name} image has no contrast for mutual information")
-        penalty = 0.0
-    else:
-        wf = w[inside]
-        mf = np.average(f_values, weights=wf) if wf.sum() > 0 else f_values.mean()
-        sf = np.sqrt(np.average((f_values - mf) ** 2, weights=wf)) if wf.sum() > 0 else 0
-        mm = np.average(values, weights=w)
-        sm = np.sqrt(np.average((values - mm) ** 2, weights=w))
-        if normalize:
-            if not (sf > 0 and sm > 0):
-                which = "fixed" if not sf > 0 else "moving"
-                raise ValueError(f"{which} image has no contrast to standardise")
-            fixed = (fixed - mf) / sf
-            values = (values - mm) / sm
-            mf, sf, mm, sm = 0.0, 1.0, 0.0, 1.0
-        penalty = 2.0 * (sf**2 + sm**2 + (mf - mm) ** 2) + 1e-12
+    fixed, values, fixed_range, moving_range, penalty = _intensity_model(
+        measure, fixed, values, w, f_values, inside, normalize
+    )
     return BsplineCost(
         measure=measure,
         grid=grid,

@@ -535,6 +535,45 @@ def _used_pixels(
     return np.where(used, w, 0.0), used
 
 
+def _intensity_model(
+    measure: str,
+    fixed: np.ndarray,
+    values: np.ndarray,
+    w: np.ndarray,
+    f_values: np.ndarray,
+    inside: np.ndarray,
+    normalize: bool,
+) -> tuple[np.ndarray, np.ndarray, tuple, tuple, float]:
+    """How the intensities enter the measure: for MI the histogram ranges (percentiles of
+    the overlapping fixed samples and of the moving values); for SSD the images
+    standardised by their (weighted) mean and SD when ``normalize``, and the penalty of
+    pixels outside the fixed image. Returns ``(fixed, values, fixed_range, moving_range,
+    penalty)``; raises ValueError for an image without contrast."""
+    fixed_range = moving_range = (0.0, 1.0)
+    if measure == "mi":
+        fixed_range = tuple(np.percentile(f_values, MI_PERCENTILES))
+        moving_range = tuple(np.percentile(values, MI_PERCENTILES))
+        for name, (lo, hi) in (("fixed", fixed_range), ("moving", moving_range)):
+            if not hi > lo:
+                raise ValueError(f"{name} image has no contrast for mutual information")
+        return fixed, values, fixed_range, moving_range, 0.0  # -MI <= 0: zero is the worst
+    wf = w[inside]
+    mf = np.average(f_values, weights=wf) if wf.sum() > 0 else f_values.mean()
+    sf = np.sqrt(np.average((f_values - mf) ** 2, weights=wf)) if wf.sum() > 0 else 0
+    mm = np.average(values, weights=w)
+    sm = np.sqrt(np.average((values - mm) ** 2, weights=w))
+    if normalize:
+        if not (sf > 0 and sm > 0):
+            which = "fixed" if not sf > 0 else "moving"
+            raise ValueError(f"{which} image has no contrast to standardise")
+        fixed = (fixed - mf) / sf
+        values = (values - mm) / sm
+        mf, sf, mm, sm = 0.0, 1.0, 0.0, 1.0
+    # expected SSD of unrelated images, doubled: worse than any aligned value
+    penalty = 2.0 * (sf**2 + sm**2 + (mf - mm) ** 2) + 1e-12
+    return fixed, values, fixed_range, moving_range, penalty
+
+
 def make_cost(
     moving: np.ndarray,
     fixed: np.ndarray,
@@ -625,30 +664,9 @@ def make_cost(
             f"no overlap: only {overlap:.1%} of the moving pixels map inside the fixed "
             f"image under the start transform (minimum {min_overlap:.0%})"
         )
-    fixed_range = moving_range = (0.0, 1.0)
-    penalty = 0.0
-    if measure == "mi":
-        fixed_range = tuple(np.percentile(f_values, MI_PERCENTILES))
-        moving_range = tuple(np.percentile(values, MI_PERCENTILES))
-        for name, (lo, hi) in (("fixed", fixed_range), ("moving", moving_range)):
-            if not hi > lo:
-                raise ValueError(f"{name} image has no contrast for mutual information")
-        penalty = 0.0  # MI >= 0, so -MI <= 0: zero is the worst value
-    else:
-        wf = w[inside]
-        mf = np.average(f_values, weights=wf) if wf.sum() > 0 else f_values.mean()
-        sf = np.sqrt(np.average((f_values - mf) ** 2, weights=wf)) if wf.sum() > 0 else 0
-        mm = np.average(values, weights=w)
-        sm = np.sqrt(np.average((values - mm) ** 2, weights=w))
-        if normalize:
-            if not (sf > 0 and sm > 0):
-                which = "fixed" if not sf > 0 else "moving"
-                raise ValueError(f"{which} image has no contrast to standardise")
-            fixed = (fixed - mf) / sf
-            values = (values - mm) / sm
-            mf, sf, mm, sm = 0.0, 1.0, 0.0, 1.0
-        # expected SSD of unrelated images, doubled: worse than any aligned value
-        penalty = 2.0 * (sf**2 + sm**2 + (mf - mm) ** 2) + 1e-12
+    fixed, values, fixed_range, moving_range, penalty = _intensity_model(
+        measure, fixed, values, w, f_values, inside, normalize
+    )
     return CostFunction(
         measure=measure,
         coef=_spline_coefficients(fixed),
