@@ -28,7 +28,13 @@ import pandas as pd
 from .confidence import ConfidenceLimits, assess, chance_level, with_consensus
 from .evaluation import score
 from .io import read_image
-from .register import grid_error_um, perturb_affine, register_affine, weights_from_uncertainty
+from .register import (
+    RegistrationResult,
+    grid_error_um,
+    perturb_affine,
+    register_affine,
+    weights_from_uncertainty,
+)
 
 #: Moving-image sources, in the order of the tables.
 SOURCES = ("sparse", "sparse_denoised", "hertzmann", "raw")
@@ -153,19 +159,23 @@ def register_measures(
         record.
     """
     options = dict(options or {})
+
+    def run(image: np.ndarray, begin: np.ndarray, measure: str) -> RegistrationResult:
+        return register_affine(
+            image,
+            fixed,
+            begin,
+            moving_px_per_um=px_per_um,
+            fixed_px_per_um=px_per_um,
+            measure=measure,
+            weights=weights if measure == "wssd" else None,
+            **options,
+        )
+
     out: dict[str, dict] = {}
     for measure in measures:
         try:
-            result = register_affine(
-                moving_for(measure),
-                fixed,
-                start,
-                moving_px_per_um=px_per_um,
-                fixed_px_per_um=px_per_um,
-                measure=measure,
-                weights=weights if measure == "wssd" else None,
-                **options,
-            )
+            result = run(moving_for(measure), start, measure)
         except (ValueError, np.linalg.LinAlgError, FloatingPointError) as err:
             out[measure] = {"status": f"failed: {err}"}
             continue
@@ -179,16 +189,7 @@ def register_measures(
             moving = moving_for(measure)
 
             def refine(image, begin, measure=measure):
-                return register_affine(
-                    image,
-                    fixed,
-                    begin,
-                    moving_px_per_um=px_per_um,
-                    fixed_px_per_um=px_per_um,
-                    measure=measure,
-                    weights=weights if measure == "wssd" else None,
-                    **options,
-                ).matrix
+                return run(image, begin, measure).matrix
 
             chance = chance_level(
                 refine, moving, fixed, result.matrix, px_per_um, measure, rng, confidence
