@@ -1,32 +1,14 @@
 """Rule prediction_quality: how well each predictor matches the real confocal image."""
 
-import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from clemalign.evaluation import confocal_on_tem_grid
+from clemalign.evaluation import confocal_on_tem_grid, inverted_tem_sigmas_um
 from clemalign.io import read_image, read_json, read_landmarks
 from clemalign.metrics import normalized_mutual_information, pearson_r
-from clemalign.phantom.realism import best_smoothed_inverted_tem
 from clemalign.runner import job
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
-
-FWHM_PER_SIGMA = 2.3548
-
-
-def inverted_tem_sigmas_um(tems, truths, ppu, psf_fwhm_um, log):
-    """Blur (sigma, um) of each case's inverted-TEM baseline: the configured PSF, or,
-    when none is given, the median best blur of the *other* cases (leave-one-out)."""
-    if psf_fwhm_um is not None:
-        return [psf_fwhm_um / FWHM_PER_SIGMA] * len(tems)
-    best = [
-        best_smoothed_inverted_tem(t, c, p)[0] for t, c, p in zip(tems, truths, ppu, strict=True)
-    ]
-    sigmas = [float(np.nanmedian(best[:i] + best[i + 1 :])) for i in range(len(best))]
-    log.info("inverted TEM: best blur per case %s um; leave-one-out sigmas %s um", best, sigmas)
-    return sigmas
-
 
 with job(smk) as log:
     tems, ppus, confocals, references = [], [], [], []
@@ -43,7 +25,9 @@ with job(smk) as log:
         ppus.append(ppu)
         confocals.append(truth)
         references.append(reference)
-    sigmas = inverted_tem_sigmas_um(tems, confocals, ppus, smk.params.psf_fwhm_um, log)
+    sigmas, best = inverted_tem_sigmas_um(tems, confocals, ppus, smk.params.psf_fwhm_um)
+    if best:
+        log.info("inverted TEM: best blur per case %s um; leave-one-out %s um", best, sigmas)
     rows = []
     for i, (case, pred_path, dec_path, hz_path) in enumerate(
         zip(

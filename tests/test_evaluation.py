@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from clemalign.evaluation import landmark_fit, score
+from clemalign.evaluation import inverted_tem_sigmas_um, landmark_fit, score
 from clemalign.routes import (
     capture_summary,
     capture_trials,
@@ -160,3 +160,18 @@ def test_registration_images_share_one_sampling(tmp_path):
     np.testing.assert_allclose(got.weights, 1.0 - image, atol=1e-7)  # eq. 12: 1 - ω
     with pytest.raises(ValueError, match=r"case c1: .*lm_coarse.tif is at 7.26"):
         load_registration_images("c1", tmp_path / "em.tif", tmp_path / "lm_coarse.tif")
+
+
+def test_inverted_tem_blur_is_left_one_out_without_a_psf():
+    ppu = 10.0
+    rng = np.random.default_rng(0)
+    tems, confocals = [], []
+    for sigma_um in (0.2, 0.4, 0.6):
+        tem = rng.random((80, 80))
+        tems.append(tem)
+        confocals.append(ndimage.gaussian_filter(1.0 - tem, sigma_um * ppu, mode="nearest"))
+    sigmas, best = inverted_tem_sigmas_um(tems, confocals, [ppu] * 3, None)
+    assert best == pytest.approx([0.2, 0.4, 0.6])  # each case's own blur is found...
+    assert sigmas == pytest.approx([0.5, 0.4, 0.3])  # ...but never used for that case
+    given, _ = inverted_tem_sigmas_um(tems, confocals, [ppu] * 3, 0.7)
+    assert given == pytest.approx([0.7 / 2.3548] * 3)

@@ -11,12 +11,15 @@ realistic phantom, whose non-affine part no affine can remove).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
 from .io import landmark_points
 from .metrics import landmark_errors_um, mae_std
+from .phantom.realism import best_smoothed_inverted_tem
 from .register import (
     grid_error_um,
     pixel_centres_um,
@@ -140,3 +143,37 @@ def score(
     if ground_truth is not None:
         gt = truth_error_um(matrix, ground_truth, shape, px_per_um)
     return {"mae_um": mae, "std_um": std, "gt_mean_um": gt}
+
+
+#: Gaussian FWHM per sigma.
+FWHM_PER_SIGMA = 2.3548
+
+
+def inverted_tem_sigmas_um(
+    tems: Sequence[np.ndarray],
+    confocals: Sequence[np.ndarray],
+    px_per_um: Sequence[float],
+    psf_fwhm_um: float | None,
+) -> tuple[list[float], list[float]]:
+    """Blur (sigma, um) of each case's inverted-TEM baseline in the prediction-quality table.
+
+    With a known lateral PSF (FWHM, um) every case gets its sigma. Without one, each case
+    gets the median of the *other* cases' best blur
+    (:func:`clemalign.phantom.realism.best_smoothed_inverted_tem`, TEM against its confocal
+    on the TEM grid): leave-one-out, never fitted on the case it is scored on.
+
+    Returns
+    -------
+    sigmas_um : list of float
+        One per case.
+    best_um : list of float
+        Each case's own best blur (empty when the PSF was given).
+    """
+    if psf_fwhm_um is not None:
+        return [psf_fwhm_um / FWHM_PER_SIGMA] * len(tems), []
+    best = [
+        best_smoothed_inverted_tem(t, c, p)[0]
+        for t, c, p in zip(tems, confocals, px_per_um, strict=True)
+    ]
+    others = [best[:i] + best[i + 1 :] for i in range(len(best))]
+    return [float(np.nanmedian(o)) if o else float("nan") for o in others], best

@@ -202,14 +202,15 @@ def coarse_candidates(
 ) -> list[dict]:
     """Every candidate linear map with its best shift and score, best first.
 
+    ``moving`` and ``fixed`` are the locally normalised images (:func:`local_contrast`
+    with ``search.contrast_um``), each at its own sampling.
+
     Returns
     -------
     list of dict
         ``rotation_deg, scale, mirrored, ncc, matrix`` (moving um -> fixed um).
     """
     p = search.coarse_px_per_um
-    fixed = local_contrast(fixed, fixed_px_per_um, search.contrast_um)
-    moving = local_contrast(moving, moving_px_per_um, search.contrast_um)
     fixed_c = _coarse(fixed, fixed_px_per_um, p)
     fixed_ok = np.isfinite(fixed_c)
     out = []
@@ -291,19 +292,19 @@ def global_search(
     """
     search = search or SearchRange()
     refine_moving = moving if refine_moving is None else refine_moving
+    # the refined candidates compete on the same contrast correlation as the coarse search:
+    # mutual information, free in six parameters, lifts wrong candidates nearly as high
+    moving_lc = local_contrast(moving, moving_px_per_um, search.contrast_um)
+    fixed_lc = local_contrast(fixed, fixed_px_per_um, search.contrast_um)
     ranked = coarse_candidates(
-        moving,
-        fixed,
+        moving_lc,
+        fixed_lc,
         moving_px_per_um=moving_px_per_um,
         fixed_px_per_um=fixed_px_per_um,
         search=search,
     )
     if not ranked:
         raise ValueError("global search: no candidate places the moving image inside the fixed one")
-    # the refined candidates compete on the same contrast correlation as the coarse search:
-    # mutual information, free in six parameters, lifts wrong candidates nearly as high
-    moving_lc = local_contrast(moving, moving_px_per_um, search.contrast_um)
-    fixed_lc = local_contrast(fixed, fixed_px_per_um, search.contrast_um)
     refined = []
     for c in _distinct(ranked, search.candidates, moving.shape, moving_px_per_um):
         try:
