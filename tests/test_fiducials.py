@@ -132,6 +132,28 @@ def test_bad_case_reports_every_method_failed():
         assert outcome.status.startswith("failed:") and "beads found" in outcome.status
 
 
+def _blob_image(seed: int, shape: tuple[int, int], n: int, sigma_px: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.zeros(shape, np.float32)
+    rows, cols = rng.integers(5, shape[0] - 5, n), rng.integers(5, shape[1] - 5, n)
+    img[rows, cols] = rng.uniform(0.5, 1.0, n)
+    img = ndimage.gaussian_filter(img, sigma_px) * (2 * np.pi * sigma_px**2)
+    return img + rng.normal(0.05, 0.01, shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_unrelated_bead_images_are_never_ok(seed):
+    """Negative control: two images of random blobs have nothing in common; every
+    method finds its best hypothesis, and the checks must reject it."""
+    em = _blob_image(100 + seed, (500, 500), 80, 2.5)  # 50 px/um: 10 um field
+    lm = _blob_image(200 + seed, (400, 400), 150, 3.0)  # 25 px/um: 16 um field
+    result = register_fiducial_case(em, 50.0, lm, 25.0)
+    for method, outcome in result.outcomes.items():
+        assert outcome.status.startswith("failed"), (method, outcome.status)
+        record = outcome.transform_record()
+        assert record["matrix"] is None and record["status"] == outcome.status
+
+
 def test_detection_and_gaussian_centres_are_subpixel_on_rendered_beads():
     """Confocal phantom at 40 nm px, PSF 250 nm, 300 photons at a bead's peak (about
     10^4 per bead), read noise 2 grey levels, sloped autofluorescence: fitted centres

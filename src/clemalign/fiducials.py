@@ -38,6 +38,7 @@ from skimage import filters, measure, morphology
 from .errors import ClemalignError
 from .metrics import landmark_errors_um, mae_std
 from .settings import merge_params
+from .significance import DEFAULT_PLAUSIBLE, DEFAULT_SIGNIFICANCE, MatchCheck, assess_match
 from .transforms import Transform, apply, fit_affine, px_to_um, rc_px_to_xy_um, um_to_px
 
 
@@ -552,7 +553,9 @@ DEFAULT_FIDUCIAL_SETTINGS: dict = {
     "size_range": [0.4, 2.5],
     "n_candidates": 3,
     "tolerance_um": 0.2,
-    "robust": {"neighbours": 4, "ratio_tolerance": 0.25, "max_anisotropy": 1.35},
+    "robust": {"neighbours": 4, "ratio_tolerance": 0.25},
+    "plausible_affine": DEFAULT_PLAUSIBLE,
+    "significance": DEFAULT_SIGNIFICANCE,
 }
 
 
@@ -561,13 +564,14 @@ class MethodOutcome:
     """One method's result on one case: a transform, or why there is none."""
 
     method: str
-    status: str  # "ok" or "failed: <reason>"
-    matrix: np.ndarray | None = None
+    status: str  # "ok", "uncertain: <reason>" or "failed: <reason>"
+    matrix: np.ndarray | None = None  # kept when the check fails, for diagnosis
     pairs_src_um: np.ndarray | None = None
     pairs_dst_um: np.ndarray | None = None
     fre_um: float = float("nan")
     tre_um: np.ndarray | None = None  # predicted TRE at the evaluation targets
     result: FiducialResult | None = None
+    check: MatchCheck | None = None  # significance and plausibility of the match
 
     def summary(self, em_xy_um: np.ndarray, lm_xy_um: np.ndarray) -> dict:
         """Status and scores (nm) against landmark pairs (EM um, LM um), for the JSON."""
@@ -586,6 +590,8 @@ class MethodOutcome:
             n_hypotheses=self.result.n_hypotheses,
             **self.result.info,
         )
+        if self.check is not None:
+            entry["significance"] = self.check.record()
         if self.tre_um is not None:
             entry["predicted_tre_nm_median"] = float(np.median(self.tre_um) * 1000.0)
             entry["predicted_tre_nm_max"] = float(np.max(self.tre_um) * 1000.0)
@@ -593,9 +599,11 @@ class MethodOutcome:
 
     def transform_record(self) -> dict:
         """The transform as :meth:`clemalign.transforms.Transform.to_dict` (SEM um ->
-        confocal um), or the same keys with ``matrix: None`` and the failure status."""
+        confocal um) with its status; a failed method has ``matrix: None`` (and the
+        transform the check rejected as ``rejected_matrix``, for diagnosis only)."""
         moving, fixed, method = "em (SEM)", "lm (confocal)", f"fiducials: {self.method}"
-        if self.matrix is None:
+        if self.matrix is None or self.status.startswith("failed"):
+            rejected = {} if self.matrix is None else {"rejected_matrix": self.matrix.tolist()}
             return {
                 "matrix": None,
                 "units": "um",
@@ -604,9 +612,13 @@ class MethodOutcome:
                 "fixed": fixed,
                 "method": method,
                 "status": self.status,
+                **rejected,
             }
         notes = {"fre_nm": self.fre_um * 1000.0, "n_matched": len(self.pairs_src_um)}
-        return Transform(self.matrix, moving, fixed, method, notes).to_dict()
+        return {
+            **Transform(self.matrix, moving, fixed, method, notes).to_dict(),
+            "status": self.status,
+        }
 
 
 @dataclass
@@ -674,6 +686,7 @@ def register_fiducial_case(
     em_gauss = gaussian_centres(em, em_px_per_um, em_beads.xy_um, em_window)
     lm_gauss = gaussian_centres(lm, lm_px_per_um, lm_beads.xy_um, lm_window)
     tol = s["tolerance_um"]
+    lm_field_um = (lm.shape[1] / lm_px_per_um, lm.shape[0] / lm_px_per_um)
     runs = {
         "algorithm1": (
             em_beads.xy_um,
@@ -688,7 +701,13 @@ def register_fiducial_case(
         "robust": (
             em_beads.xy_um,
             lm_beads.xy_um,
-            lambda a, b: robust_register(a, b, tolerance_um=tol, **s["robust"]),
+            lambda a, b: robust_register(
+                a,
+                b,
+                tolerance_um=tol,
+                max_anisotropy=s["plausible_affine"]["max_anisotropy"],
+                **s["robust"],
+            ),
         ),
     }
     outcomes = {}
@@ -703,5 +722,47 @@ def register_fiducial_case(
         tre = None
         if targets_um is not None and len(ps) > 3 and method != "gaussian_baseline":
             tre = predicted_tre_um(ps, fre, targets_um)
-        outcomes[method] = MethodOutcome(method, "ok", res.matrix, ps, pd_, fre, tre, res)
+        check = check_match(res, src, dst, tol, lm_field_um)
+        status = check.status(s["significance"], s["plausible_affine"])
+        outcomes[method] = MethodOutcome(method, status, res.matrix, ps, pd_, fre, tre, res, check)
     return FiducialCase(em_beads, lm_beads, em_gauss, lm_gauss, outcomes)
+
+
+def check_match(
+    result: FiducialResult,
+    src_um: np.ndarray,
+    dst_um: np.ndarray,
+    tolerance_um: float,
+    target_field_um: tuple[float, float],
+) -> MatchCheck:
+    """Significance and plausibility of a method's transform (:mod:`clemalign.significance`).
+
+    The consistent pairs are counted the same way for every method: mutual nearest
+    neighbours within ``tolerance_um`` under the final transform. The multiple-testing
+    count is the method's number of hypotheses.
+
+    Parameters
+    ----------
+    result : FiducialResult
+        The method's transform and hypothesis count.
+    src_um, dst_um : ndarray
+        All candidates of the source (moving) and target (fixed) image, (x, y) um.
+    tolerance_um : float
+        Correspondence distance, um.
+    target_field_um : (float, float)
+        Width and height of the target image, um.
+
+    Returns
+    -------
+    MatchCheck
+    """
+    consistent = nearest_pairs(apply(result.matrix, src_um), dst_um, tolerance_um, mutual=True)
+    return assess_match(
+        result.matrix,
+        src_um,
+        dst_um,
+        len(consistent),
+        result.n_hypotheses,
+        tolerance_um,
+        target_field_um,
+    )

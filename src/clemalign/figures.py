@@ -213,7 +213,7 @@ def fiducial_figure(
     _sem_beads_panel(ax[0], case, em, em_px_per_um, result.em_beads.xy_um, matched_src)
     _confocal_beads_panel(ax[1], lm, lm_px_per_um, result.lm_beads.xy_um)
     em_w, em_h = em.shape[1] / em_px_per_um, em.shape[0] / em_px_per_um
-    if outcome.matrix is not None:
+    if outcome.matrix is not None and not outcome.status.startswith("failed"):
         foot = _footprint(outcome.matrix, em_w, em_h)
         _overlay_panel(
             ax[1], ax[2], method, em, em_px_per_um, lm, lm_px_per_um, outcome.matrix, foot
@@ -223,7 +223,10 @@ def fiducial_figure(
             _predicted_tre_panel(fig, ax[4], outcome, em_w, em_h)
     else:
         _failure_panels(ax[2:5], f"{method}\n{outcome.status}")
-    _errors_panel(ax[5], errors_nm)
+    words = {m: o.status.split(":", 1)[0] for m, o in result.outcomes.items()}
+    _errors_panel(ax[5], errors_nm, words)
+    if words[method] != "ok":
+        fig.suptitle(f"{method}: {outcome.status}", fontsize=9, wrap=True)
     for a in ax[:5]:
         a.set_xlabel("x (um)")
         a.set_ylabel("y (um)")
@@ -348,21 +351,29 @@ def _failure_panels(axes: np.ndarray, message: str) -> None:
         )
 
 
-def _errors_panel(ax: Axes, errors_nm: dict[str, tuple[float, float]]) -> None:
-    """(f) Landmark MAE +- STD (nm) of every method as bars; "failed" for NaN."""
+def _errors_panel(
+    ax: Axes, errors_nm: dict[str, tuple[float, float]], status_words: dict[str, str]
+) -> None:
+    """(f) Landmark MAE +- STD (nm) of every method as bars. A failed method has no bar
+    and says "failed"; an uncertain one has a hatched bar labelled "uncertain"."""
     names = list(errors_nm)
-    mae = [errors_nm[n][0] for n in names]
-    std = [errors_nm[n][1] for n in names]
-    ax.bar(
+    words = [status_words.get(n, "ok") for n in names]
+    failed = np.array([w == "failed" for w in words])
+    mae = np.where(failed, np.nan, [errors_nm[n][0] for n in names])
+    std = np.where(failed, np.nan, [errors_nm[n][1] for n in names])
+    bars = ax.bar(
         names,
         np.nan_to_num(mae, nan=0.0),
         yerr=np.nan_to_num(std, nan=0.0),
-        color=["tab:blue", "tab:orange", "tab:green"][: len(names)],
+        color=["tab:blue", "tab:orange", "tab:green", "tab:purple"][: len(names)],
         capsize=4,
     )
-    for k, value in enumerate(mae):
+    for k, (value, word) in enumerate(zip(mae, words, strict=True)):
+        if word == "uncertain":
+            bars[k].set_hatch("//")
+        label = f"{value:.1f}" if np.isfinite(value) else "failed"
         ax.annotate(
-            "failed" if not np.isfinite(value) else f"{value:.1f}",
+            label if word == "ok" or not np.isfinite(value) else f"{word} ({label})",
             (k, 0),
             xytext=(0, 3),
             textcoords="offset points",
