@@ -2,7 +2,7 @@
 
 from clemalign.fiducials import METHODS, register_fiducial_case
 from clemalign.figures import fiducial_figure
-from clemalign.io import landmark_points, read_image, read_landmarks, write_json
+from clemalign.io import landmark_points, read_image, read_landmarks, read_mask, write_json
 from clemalign.runner import job
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -13,7 +13,16 @@ with job(smk) as log:
     lm, lm_ppu = read_image(smk.input.lm)
     landmarks = read_landmarks(smk.input.landmarks)
     em_xy, lm_xy = landmark_points(landmarks)
-    result = register_fiducial_case(em, em_ppu, lm, lm_ppu, dict(smk.params.settings), em_xy)
+    masks = {
+        f"{key}_mask": read_mask(smk.input[f"{key}_mask"], shape, case, key)
+        for key, shape in (("em", em.shape), ("lm", lm.shape))
+        if f"{key}_mask" in smk.input.keys()
+    }
+    result = register_fiducial_case(
+        em, em_ppu, lm, lm_ppu, dict(smk.params.settings), em_xy, **masks
+    )
+    if result.em_databar_rows:
+        log.info("SEM databar: the bottom %d rows are ignored", result.em_databar_rows)
     log.info(
         "detected %d SEM beads (%d components, threshold %.4g), %d confocal beads "
         "(%d components, threshold %.4g)",

@@ -5,7 +5,9 @@ from scipy import ndimage
 from clemalign.fiducials import (
     FiducialError,
     algorithm1,
+    bead_mask,
     detect_beads,
+    detect_databar,
     fiducial_registration_error_um,
     gaussian_centres,
     predicted_tre_um,
@@ -216,3 +218,49 @@ def test_default_views_algorithm1_beats_baseline_below_half_a_pixel(index):
     assert mae["algorithm1"] < mae["gaussian_baseline"]
     assert mae["algorithm1"] < 20.0  # half a confocal pixel
     assert mae["robust"] < 20.0
+
+
+def _with_databar(image: np.ndarray, rows: int) -> np.ndarray:
+    """An SEM image with an instrument databar: a uniform strip, text-like marks, a
+    scale bar and a bead-sized bright dot (as in a logo) that must not count."""
+    out = image.copy()
+    out[-rows:] = 0.0
+    out[-rows + 3 : -rows + 6, 20:120] = 1.0  # scale bar
+    for k in range(8):  # characters
+        out[-rows + 8 : -rows + 14, 150 + 12 * k : 156 + 12 * k] = 1.0
+    out[-rows // 2 - 2 : -rows // 2 + 3, 300:305] = 1.0  # a bead-sized dot
+    return out
+
+
+def test_databar_is_found_and_ignored_and_a_plain_image_has_none():
+    case = make_fiducial_case(2012, 0, {})
+    em = to_unit_float(case.em)
+    assert detect_databar(em) == 0
+    barred = _with_databar(em, 40)
+    assert detect_databar(barred) == 40
+    detected = detect_beads(barred, case.em_px_per_um, 0.1, 0.0, mask=bead_mask(em.shape, 40))
+    bottom_um = (em.shape[0] - 40) / case.em_px_per_um
+    assert detected.n_masked >= 1 and (detected.xy_um[:, 1] < bottom_um).all()
+
+
+def test_candidates_are_ranked_by_bead_likeness_and_masks_drop_them():
+    """Round bead-sized spots rank above elongated or off-size blobs; a mask drops the
+    candidates under it; max_candidates keeps the most bead-like."""
+    img = np.zeros((200, 200), np.float32)
+    img[50, 50] = img[50, 150] = 1.0
+    img = ndimage.gaussian_filter(img, 2.0) * 40
+    streak = np.zeros_like(img)
+    streak[150, 40:52] = 1.0
+    img += ndimage.gaussian_filter(streak, 1.5) * 12
+    beads = detect_beads(img, 20.0, 0.1, 0.25, threshold=0.05, size_range=(0.2, 5.0))
+    assert len(beads.xy_um) == 3
+    assert (np.diff(beads.score) <= 0).all()
+    assert beads.xy_um[-1, 1] > 7.0  # the streak (y = 7.5 um) ranks last
+    top = detect_beads(img, 20.0, 0.1, 0.25, 0.05, (0.2, 5.0), max_candidates=2)
+    assert np.allclose(np.sort(top.xy_um[:, 0]), [2.525, 7.525], atol=0.05)
+    mask = np.zeros(img.shape, bool)
+    mask[:100, 100:] = True
+    masked = detect_beads(img, 20.0, 0.1, 0.25, 0.05, (0.2, 5.0), mask=mask)
+    assert len(masked.xy_um) == 2 and masked.n_masked == 1
+    round_only = detect_beads(img, 20.0, 0.1, 0.25, 0.05, (0.2, 5.0), min_roundness=0.5)
+    assert len(round_only.xy_um) == 2

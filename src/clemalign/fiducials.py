@@ -52,7 +52,7 @@ class FiducialError(ClemalignError):
 
 @dataclass
 class Beads:
-    """Detected beads of one image.
+    """Detected bead candidates of one image, most bead-like first.
 
     Attributes
     ----------
@@ -63,9 +63,14 @@ class Beads:
     peak : ndarray, shape (N,)
         Maximum of the background-subtracted image in each component.
     n_components : int
-        Components before the size filter.
+        Components before the size, roundness and mask filters.
     threshold : float
         Threshold used on the background-subtracted image.
+    score : ndarray, shape (N,)
+        Bead-likeness: the scale-normalised Laplacian-of-Gaussian response at the
+        expected apparent size, times the component's roundness (minor / major axis).
+    n_masked : int
+        Candidates dropped because they lie in the mask (databar, burned-in markers).
     """
 
     xy_um: np.ndarray
@@ -73,11 +78,62 @@ class Beads:
     peak: np.ndarray
     n_components: int
     threshold: float
+    score: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n_masked: int = 0
 
 
 def apparent_diameter_um(bead_diameter_um: float, psf_fwhm_um: float) -> float:
     """Expected diameter of a bead's image: the bead blurred by the PSF (in quadrature)."""
     return float(np.hypot(bead_diameter_um, psf_fwhm_um))
+
+
+def detect_databar(image: np.ndarray, min_rows: int = 8, uniform_fraction: float = 0.5) -> int:
+    """Height (rows) of a databar at the bottom of an SEM image, or 0.
+
+    A databar (the instrument's strip with text and scale bar) is a band of rows most
+    of whose pixels share one exact value; rows of a micrograph never do (noise). The
+    bar is the longest bottom band in which at least 90 % of the rows are uniform (text
+    and scale-bar rows are the exceptions), starting at a uniform row.
+
+    Parameters
+    ----------
+    image : ndarray
+        2D image as read (integer or float).
+    min_rows : int
+        Bands lower than this are not called a databar.
+    uniform_fraction : float
+        A row is uniform when this fraction of its pixels equals its most common value.
+
+    Returns
+    -------
+    int
+        Rows to ignore at the bottom.
+    """
+    img = np.asarray(image)
+    uniform = np.array([np.unique(row, return_counts=True)[1].max() for row in img])
+    uniform = uniform >= uniform_fraction * img.shape[1]
+    # fraction of uniform rows in each bottom band [r, end)
+    from_bottom = np.cumsum(uniform[::-1])[::-1] / np.arange(len(uniform), 0, -1)
+    bands = np.flatnonzero(uniform & (from_bottom >= 0.9))
+    if not len(bands) or not uniform[-1]:
+        return 0
+    height = len(uniform) - int(bands.min())
+    return height if height >= min_rows else 0
+
+
+def bead_mask(
+    shape: tuple[int, int], databar_rows: int = 0, mask: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Pixels whose candidates are ignored: the bottom ``databar_rows`` rows and the
+    nonzero pixels of ``mask`` (burned-in markers); None when nothing is masked."""
+    if not databar_rows and mask is None:
+        return None
+    out = np.zeros(shape, bool) if mask is None else np.asarray(mask).astype(bool).copy()
+    if out.shape != tuple(shape):
+        raise ValueError(f"mask shape {out.shape} differs from the image's {tuple(shape)}")
+    if databar_rows:
+        out[-databar_rows:] = True
+    return out
 
 
 def detect_beads(
@@ -87,8 +143,12 @@ def detect_beads(
     psf_fwhm_um: float = 0.0,
     threshold: str | float = "yen",
     size_range: tuple[float, float] = (0.4, 2.5),
+    mask: np.ndarray | None = None,
+    min_roundness: float = 0.0,
+    max_candidates: int | None = None,
 ) -> Beads:
-    """Find bright beads: binarise, connected components, physical size filter, centroids.
+    """Find bright beads: binarise, connected components, physical size filter, centroids,
+    then rank by bead-likeness.
 
     Parameters
     ----------
@@ -107,28 +167,34 @@ def detect_beads(
         number: a fixed threshold in the image's intensity units above background.
     size_range : (float, float)
         Accepted equivalent diameter as multiples of the expected apparent diameter.
+    mask : ndarray of bool, optional
+        True where candidates are ignored (databar, burned-in markers); masked pixels
+        also do not enter the automatic threshold.
+    min_roundness : float
+        Smallest accepted minor / major axis ratio of a component (0 keeps all).
+    max_candidates : int, optional
+        Keep only this many, the most bead-like (all when None).
 
     Returns
     -------
     Beads
+        Sorted by decreasing :attr:`Beads.score`.
     """
     img = np.asarray(image, dtype=np.float32)
     expected = apparent_diameter_um(bead_diameter_um, psf_fwhm_um)
     radius_px = max(2, int(round(1.5 * expected * px_per_um)))
     background_free = morphology.white_tophat(img, morphology.disk(radius_px))
     smooth = ndimage.gaussian_filter(background_free, max(0.5, 0.15 * expected * px_per_um))
-    if isinstance(threshold, str):
-        method = getattr(filters, f"threshold_{threshold}", None)
-        if method is None:
-            raise ValueError(f"unknown threshold method {threshold!r}")
-        level = float(method(smooth))
-    else:
-        level = float(threshold)
+    level = _threshold(smooth if mask is None else smooth[~mask], threshold)
     labels = measure.label(smooth > level)
     props = measure.regionprops(labels, intensity_image=background_free)
-    keep_xy, keep_d, keep_peak = [], [], []
+    # scale-normalised LoG at the blob scale of a disc of the expected apparent size
+    sigma_px = max(0.7, expected * px_per_um / (2.0 * np.sqrt(2.0)))
+    log_response = -(sigma_px**2) * ndimage.gaussian_laplace(background_free, sigma_px)
+    rows = []
     pixel_area = 1.0 / px_per_um**2
     min_pixels = 3
+    n_masked = 0
     for prop in props:
         d_um = 2.0 * np.sqrt(prop.area * pixel_area / np.pi)
         if (
@@ -137,12 +203,29 @@ def detect_beads(
         ):
             continue
         rc = np.asarray(prop.centroid_weighted, dtype=float)
-        keep_xy.append(rc_px_to_xy_um(rc, px_per_um)[0])
-        keep_d.append(d_um)
-        keep_peak.append(float(prop.intensity_max))
-    return Beads(
-        np.array(keep_xy).reshape(-1, 2), np.array(keep_d), np.array(keep_peak), len(props), level
-    )
+        r, c = int(round(rc[0])), int(round(rc[1]))
+        if mask is not None and mask[min(r, mask.shape[0] - 1), min(c, mask.shape[1] - 1)]:
+            n_masked += 1
+            continue
+        roundness = prop.axis_minor_length / max(prop.axis_major_length, 1e-9)
+        if roundness < min_roundness:
+            continue
+        score = float(log_response[r, c]) * max(roundness, 0.0)
+        rows.append((*rc_px_to_xy_um(rc, px_per_um)[0], d_um, float(prop.intensity_max), score))
+    table = np.array(rows, dtype=float).reshape(-1, 5)
+    order = np.argsort(-table[:, 4], kind="stable")[:max_candidates]
+    table = table[order]
+    return Beads(table[:, :2], table[:, 2], table[:, 3], len(props), level, table[:, 4], n_masked)
+
+
+def _threshold(values: np.ndarray, threshold: str | float) -> float:
+    """The automatic (scikit-image method name) or fixed threshold level."""
+    if not isinstance(threshold, str):
+        return float(threshold)
+    method = getattr(filters, f"threshold_{threshold}", None)
+    if method is None:
+        raise ValueError(f"unknown threshold method {threshold!r}")
+    return float(method(values))
 
 
 def gaussian_centres(
@@ -551,6 +634,9 @@ DEFAULT_FIDUCIAL_SETTINGS: dict = {
     "lm_psf_fwhm_nm": 250.0,
     "threshold": "yen",
     "size_range": [0.4, 2.5],
+    "min_roundness": 0.5,
+    "max_candidates": 1000,
+    "databar": "auto",
     "n_candidates": 3,
     "tolerance_um": 0.2,
     "robust": {"neighbours": 4, "ratio_tolerance": 0.25},
@@ -630,6 +716,7 @@ class FiducialCase:
     em_gauss_um: np.ndarray
     lm_gauss_um: np.ndarray
     outcomes: dict[str, MethodOutcome]
+    em_databar_rows: int = 0
 
     def pairs_table(self) -> pd.DataFrame:
         """Matched bead pairs of every method: ``method, em_x_um, em_y_um, lm_x_um,
@@ -650,6 +737,8 @@ def register_fiducial_case(
     lm_px_per_um: float,
     settings: dict | None = None,
     targets_um: np.ndarray | None = None,
+    em_mask: np.ndarray | None = None,
+    lm_mask: np.ndarray | None = None,
 ) -> FiducialCase:
     """Detect beads in both images and run Algorithm 1, the baseline and the robust mode.
 
@@ -668,6 +757,9 @@ def register_fiducial_case(
         Moving-frame points where the predicted TRE is evaluated (e.g. the landmarks);
         only for the least-squares methods (the baseline keeps its 3-point affine, for
         which the formula does not hold).
+    em_mask, lm_mask : ndarray of bool, optional
+        True where an image holds no beads (burned-in markers); with ``databar: auto``
+        the SEM databar (:func:`detect_databar`) is masked too.
 
     Returns
     -------
@@ -675,12 +767,9 @@ def register_fiducial_case(
     """
     s = merge_params(DEFAULT_FIDUCIAL_SETTINGS, settings)
     bead = s["bead_diameter_nm"] / 1000.0
-    em_beads = detect_beads(
-        em, em_px_per_um, bead, s["em_psf_fwhm_nm"] / 1000.0, s["threshold"], tuple(s["size_range"])
-    )
-    lm_beads = detect_beads(
-        lm, lm_px_per_um, bead, s["lm_psf_fwhm_nm"] / 1000.0, s["threshold"], tuple(s["size_range"])
-    )
+    databar = detect_databar(em) if s["databar"] == "auto" else 0
+    em_beads = _detect(em, em_px_per_um, s, "em", bead_mask(em.shape, databar, em_mask))
+    lm_beads = _detect(lm, lm_px_per_um, s, "lm", bead_mask(lm.shape, 0, lm_mask))
     em_window = 3.0 * apparent_diameter_um(bead, s["em_psf_fwhm_nm"] / 1000.0)
     lm_window = 3.0 * apparent_diameter_um(bead, s["lm_psf_fwhm_nm"] / 1000.0)
     em_gauss = gaussian_centres(em, em_px_per_um, em_beads.xy_um, em_window)
@@ -725,7 +814,24 @@ def register_fiducial_case(
         check = check_match(res, src, dst, tol, lm_field_um)
         status = check.status(s["significance"], s["plausible_affine"])
         outcomes[method] = MethodOutcome(method, status, res.matrix, ps, pd_, fre, tre, res, check)
-    return FiducialCase(em_beads, lm_beads, em_gauss, lm_gauss, outcomes)
+    return FiducialCase(em_beads, lm_beads, em_gauss, lm_gauss, outcomes, databar)
+
+
+def _detect(
+    image: np.ndarray, px_per_um: float, s: dict, modality: str, mask: np.ndarray | None
+) -> Beads:
+    """:func:`detect_beads` with the case settings for the ``em`` or ``lm`` image."""
+    return detect_beads(
+        image,
+        px_per_um,
+        s["bead_diameter_nm"] / 1000.0,
+        s[f"{modality}_psf_fwhm_nm"] / 1000.0,
+        s["threshold"],
+        tuple(s["size_range"]),
+        mask,
+        s["min_roundness"],
+        s["max_candidates"],
+    )
 
 
 def check_match(

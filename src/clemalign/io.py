@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import tifffile
 
-from .errors import ClemalignError
+from .errors import CaseError, ClemalignError
 
 #: Columns of a landmark CSV: ``em_*`` in the electron micrograph (moving) frame,
 #: ``lm_*`` in the light micrograph (fixed) frame, all in um, x along columns.
@@ -139,6 +139,28 @@ def read_image(path: str | Path) -> tuple[np.ndarray, float | None]:
     from skimage import io as skio
 
     return skio.imread(path), None
+
+
+def read_mask(path: str | Path, shape: tuple[int, ...], case: str, image: str) -> np.ndarray:
+    """A bead mask (nonzero = no beads here) of the ``image`` (``em``/``lm``) of ``case``.
+
+    Raises
+    ------
+    CaseError
+        When the mask is not a 2D image of the image's size (rows, cols).
+    """
+    mask, _ = read_image(path)
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] in (3, 4):
+        mask = mask[..., :3].max(axis=-1)
+    if mask.shape != tuple(shape[:2]):
+        raise CaseError(
+            case,
+            f"{image}_mask has shape {mask.shape}, the {image} image {tuple(shape[:2])} "
+            "(rows, cols): a mask must be drawn on the raw image",
+            str(path),
+        )
+    return mask != 0
 
 
 def landmark_points(landmarks: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -58,6 +58,12 @@ def case_files(wildcards):
     return files
 
 
+def mask_files(wildcards):
+    """Bead masks of a fiducial case named in the case sheet (em_mask, lm_mask)."""
+    case = CASES[wildcards.case]
+    return {k: v for k, v in (("em_mask", case.em_mask), ("lm_mask", case.lm_mask)) if v}
+
+
 def preprocessed_files(wildcards):
     """Outputs of preprocessing a case; the start transform exists for analogy cases."""
     base = f"{R}/preprocessed/{wildcards.case}"

@@ -4,6 +4,7 @@
 
 rule register_fiducials:
     input:
+        unpack(mask_files),
         em=f"{R}/preprocessed/{{case}}/em.tif",
         lm=f"{R}/preprocessed/{{case}}/lm.tif",
         landmarks=f"{R}/preprocessed/{{case}}/landmarks.csv",
