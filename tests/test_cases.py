@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 
 from clemalign.cases import read_case_sheet
 from clemalign.errors import CaseError, ConfigError
-from clemalign.io import read_mask, write_tiff
+from clemalign.io import read_mask, tiff_axes, write_tiff
+from clemalign.preprocess import project_z
 
 
 def _sheet(tmp_path, extra_header: str = "", extra: str = "") -> str:
@@ -40,3 +42,33 @@ def test_a_mask_of_the_wrong_size_names_the_case_and_the_file(tmp_path):
     assert read_mask(path, (10, 12), "beads1", "em").all()
     with pytest.raises(CaseError, match=r"beads1.*em_mask has shape \(10, 12\).*mask.tif"):
         read_mask(path, (20, 12), "beads1", "em")
+
+
+def test_lm_z_is_max_by_default_a_slice_number_or_an_error(tmp_path):
+    (case,) = read_case_sheet(_sheet(tmp_path))
+    assert case.lm_z == "max"
+    (case,) = read_case_sheet(_sheet(tmp_path, "\tlm_z", "\t3"))
+    assert case.lm_z == 3
+    with pytest.raises(ConfigError, match="beads1.*lm_z"):
+        read_case_sheet(_sheet(tmp_path, "\tlm_z", "\tmiddle"))
+
+
+def test_a_16_bit_z_stack_becomes_its_maximum_projection_or_a_slice(tmp_path):
+    """A light-microscope z-stack (ImageJ hyperstack, uint16): each bead is in focus in
+    a different plane; the maximum projection shows all of them, a slice one."""
+    stack = np.full((5, 40, 50), 100, np.uint16)
+    for z, (r, c) in enumerate([(5, 5), (10, 30), (20, 10), (30, 40), (35, 20)]):
+        stack[z, r, c] = 4000 + z
+    path = tmp_path / "lm_stack.tif"
+    tifffile.imwrite(path, stack, imagej=True, metadata={"axes": "ZYX"})
+    assert tiff_axes(path) == "ZYX"
+    projected = project_z(tifffile.imread(path), tiff_axes(path))
+    assert projected.dtype == np.uint16 and projected.shape == (40, 50)
+    assert (projected > 1000).sum() == 5
+    plane = project_z(tifffile.imread(path), "ZYX", 2)
+    assert plane[20, 10] == 4002 and (plane > 1000).sum() == 1
+    # without axis letters a long first axis is a stack; colour stays colour
+    assert project_z(stack, None).shape == (40, 50)
+    assert project_z(np.zeros((40, 50, 3)), "YXS").shape == (40, 50, 3)
+    with pytest.raises(ValueError, match="z slice 7"):
+        project_z(stack, "ZYX", 7)

@@ -25,7 +25,15 @@ from .errors import ConfigError
 TRACKS = ("analogy", "fiducial")
 CHANNEL_NAMES = ("red", "green", "blue", "gray")
 SHEET_COLUMNS = ("case", "track", "em", "lm", "landmarks")
-OPTIONAL_COLUMNS = ("em_px_per_um", "lm_px_per_um", "channel", "ground_truth", "em_mask", "lm_mask")
+OPTIONAL_COLUMNS = (
+    "lm_z",
+    "em_px_per_um",
+    "lm_px_per_um",
+    "channel",
+    "ground_truth",
+    "em_mask",
+    "lm_mask",
+)
 OPTIONAL_FILES = ("ground_truth", "em_mask", "lm_mask")
 
 
@@ -54,6 +62,9 @@ class Case:
     em_mask, lm_mask : str or None
         Fiducial track: images of the raw EM / LM size whose nonzero pixels hold no
         beads (burned-in markers, labels); the SEM databar is also found automatically.
+    lm_z : 'max' or int
+        How a light-microscope z-stack becomes one plane: maximum projection or that
+        slice (0-based).
     """
 
     name: str
@@ -68,6 +79,7 @@ class Case:
     synthetic: bool = False
     em_mask: str | None = None
     lm_mask: str | None = None
+    lm_z: str | int = "max"
 
     def as_dict(self) -> dict:
         """Plain dict (for Snakemake params and JSON)."""
@@ -131,6 +143,15 @@ def _parse_number(value: str, key: str) -> float | None:
     if not number > 0:
         raise ConfigError(key, value, "pixel size must be a positive number of px/um")
     return number
+
+
+def _parse_z(value: str, key: str) -> str | int:
+    value = value.strip() or "max"
+    if value == "max":
+        return value
+    if not value.isdigit():
+        raise ConfigError(key, value, "must be 'max' (projection) or a slice number from 0")
+    return int(value)
 
 
 def read_case_sheet(path: str | Path, default_channel: str | int = "green") -> list[Case]:
@@ -213,6 +234,7 @@ def read_case_sheet(path: str | Path, default_channel: str | int = "green") -> l
                 False,
                 files["em_mask"],
                 files["lm_mask"],
+                _parse_z(row.get("lm_z") or "", f"{where}: lm_z"),
             )
         )
     if not cases:

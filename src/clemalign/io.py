@@ -163,6 +163,16 @@ def read_mask(path: str | Path, shape: tuple[int, ...], case: str, image: str) -
     return mask != 0
 
 
+def tiff_axes(path: str | Path) -> str | None:
+    """Axis letters of a TIFF's first series as tifffile reads them (``"ZCYX"``,
+    ``"YXS"``...), or None for other formats."""
+    path = Path(path)
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    with tifffile.TiffFile(path) as tif:
+        return tif.series[0].axes
+
+
 def landmark_points(landmarks: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(EM xy um, LM xy um) of a landmark table (:data:`LANDMARK_COLUMNS`), each (N, 2)."""
     return (

@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import ndimage
 
 from .errors import CaseError
-from .io import landmark_points, read_image, read_landmarks
+from .io import landmark_points, read_image, read_landmarks, tiff_axes
 from .transforms import (
     DeformationField,
     Transform,
@@ -70,6 +70,51 @@ def select_channel(image: np.ndarray, channel: str | int) -> np.ndarray:
             f"channel {channel!r} (index {idx}) not in an image with {stack.shape[-1]} channels"
         )
     return stack[..., idx]
+
+
+#: Axis letters tifffile uses for planes of a stack that are not channels.
+_STACK_AXES = "ZTQI"
+
+
+def project_z(image: np.ndarray, axes: str | None, z: str | int = "max") -> np.ndarray:
+    """Reduce a z-stack to one plane: maximum projection or one slice.
+
+    Parameters
+    ----------
+    image : ndarray
+        Image as read. Stack axes are found from ``axes``; without axis letters, a 3D
+        image whose first axis is longer than 4 is taken as a stack of planes (ZYX).
+    axes : str or None
+        tifffile's axis letters of ``image`` (``"ZYX"``, ``"ZCYX"``, ``"YXS"``...).
+    z : 'max' or int
+        ``'max'``: maximum intensity projection over every stack axis (beads in focus in
+        any plane, dtype kept, 16-bit included); an int: that plane (0-based) of the
+        single stack axis.
+
+    Returns
+    -------
+    ndarray
+        The image without stack axes (rows, cols[, channels]).
+
+    Raises
+    ------
+    ValueError
+        A slice outside the stack, or a slice of a stack with several stack axes.
+    """
+    image = np.asarray(image)
+    if axes is None or len(axes) != image.ndim:
+        axes = "ZYX" if image.ndim == 3 and image.shape[0] > 4 and image.shape[-1] > 4 else ""
+    stack = tuple(i for i, a in enumerate(axes) if a in _STACK_AXES)
+    if not stack:
+        return image
+    if z == "max":
+        return image.max(axis=stack)
+    if len(stack) != 1 or not 0 <= int(z) < image.shape[stack[0]]:
+        raise ValueError(
+            f"z slice {z} is not in a stack of shape {image.shape} (axes {axes}); "
+            f"use 'max' or 0..{image.shape[stack[0]] - 1}"
+        )
+    return np.take(image, int(z), axis=stack[0])
 
 
 def to_unit_float(image: np.ndarray) -> np.ndarray:
@@ -318,10 +363,11 @@ class CaseInputs:
 
 
 def _image_with_size(
-    case: str, path: str, override: float | None, role: str
+    case: str, path: str, override: float | None, role: str, z: str | int = "max"
 ) -> tuple[np.ndarray, float]:
     try:
         image, from_file = read_image(path)
+        image = project_z(image, tiff_axes(path), z)
     except Exception as error:  # noqa: BLE001 - any read failure names the case and file
         raise CaseError(case, f"cannot read the {role} image: {error}", path) from error
     ppu = override if override is not None else from_file
@@ -344,7 +390,8 @@ def load_case_inputs(case: dict) -> CaseInputs:
     ----------
     case : dict
         A :class:`clemalign.cases.Case` as dict (``name, em, lm, landmarks,
-        em_px_per_um, lm_px_per_um``...).
+        em_px_per_um, lm_px_per_um, lm_z``...). Z-stacks become one plane
+        (:func:`project_z`: the EM's by maximum projection, the LM's as ``lm_z`` says).
 
     Raises
     ------
@@ -355,7 +402,9 @@ def load_case_inputs(case: dict) -> CaseInputs:
 
     name = case["name"]
     em, em_ppu = _image_with_size(name, case["em"], case.get("em_px_per_um"), "em")
-    lm, lm_ppu = _image_with_size(name, case["lm"], case.get("lm_px_per_um"), "lm")
+    lm, lm_ppu = _image_with_size(
+        name, case["lm"], case.get("lm_px_per_um"), "lm", case.get("lm_z", "max")
+    )
     try:
         landmarks = read_landmarks(case["landmarks"])
     except Exception as error:  # noqa: BLE001
