@@ -25,6 +25,7 @@ compare directly. The moving (source) image is the electron micrograph, the fixe
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from itertools import permutations
 
@@ -658,6 +659,7 @@ class MethodOutcome:
     tre_um: np.ndarray | None = None  # predicted TRE at the evaluation targets
     result: FiducialResult | None = None
     check: MatchCheck | None = None  # significance and plausibility of the match
+    seconds: float = float("nan")  # matching time (benchmarks; never written to results)
 
     def summary(self, em_xy_um: np.ndarray, lm_xy_um: np.ndarray) -> dict:
         """Status and scores (nm) against landmark pairs (EM um, LM um), for the JSON."""
@@ -801,11 +803,14 @@ def register_fiducial_case(
     }
     outcomes = {}
     for method, (src, dst, run) in runs.items():
+        start = time.perf_counter()
         try:
             res = run(src, dst)
         except FiducialError as error:
             outcomes[method] = MethodOutcome(method, f"failed: {error}")
+            outcomes[method].seconds = time.perf_counter() - start
             continue
+        seconds = time.perf_counter() - start
         ps, pd_ = src[res.pairs[:, 0]], dst[res.pairs[:, 1]]
         fre = fiducial_registration_error_um(ps, pd_, res.matrix) if len(ps) else float("nan")
         tre = None
@@ -813,7 +818,9 @@ def register_fiducial_case(
             tre = predicted_tre_um(ps, fre, targets_um)
         check = check_match(res, src, dst, tol, lm_field_um)
         status = check.status(s["significance"], s["plausible_affine"])
-        outcomes[method] = MethodOutcome(method, status, res.matrix, ps, pd_, fre, tre, res, check)
+        outcomes[method] = MethodOutcome(
+            method, status, res.matrix, ps, pd_, fre, tre, res, check, seconds
+        )
     return FiducialCase(em_beads, lm_beads, em_gauss, lm_gauss, outcomes, databar)
 
 

@@ -35,7 +35,7 @@ DEFAULT_SIGNIFICANCE: dict = {"min_pairs": 4, "nfa_ok": 0.01, "nfa_failed": 1.0}
 
 #: The plausible SEM -> confocal affine (um / um); ``fiducials.plausible_affine``. The
 #: matchers also drop hypotheses outside it.
-DEFAULT_PLAUSIBLE: dict = {"scale_range": [0.8, 1.25], "max_anisotropy": 1.35}
+DEFAULT_PLAUSIBLE: dict = {"scale_range": [0.75, 1.35], "max_anisotropy": 1.35}
 
 _MINIMAL_SAMPLE = 3  # pairs that define an affine: consistent by construction
 

@@ -29,6 +29,35 @@ Rendering
   discs with an anti-aliased edge and a faint bright halo; bright irregular blobs
   (some bead-sized) act as distractors; slight probe blur, Gaussian noise and a
   per-line scan offset.
+
+Stress options
+--------------
+Real bead images are crowded; the options of :data:`STRESS_PARAMS` (top level of
+``params``) and :data:`STRESS_VIEW_OPTIONS` (per view) reproduce that. They are not
+part of :data:`DEFAULT_FIDUCIAL_PARAMS` (nor of the config schema): every one is off
+by default, and a case generated without them is byte-identical to one generated
+before they existed. Each draws from its own random stream
+(``[seed, 1000, 1]`` for the confocal puncta, ``[seed, 2000, index, 1]`` for the SEM
+puncta, ``[seed, 2000, index, 2]`` for the databar), so switching one on changes
+nothing else.
+
+* **Puncta** (``n_puncta_lm``, ``n_puncta_em``): bright bead-sized and off-sized spots,
+  independent in the two images (fluorescent puncta in the confocal, vesicles or
+  granules in the SEM), their centres kept half a bead plus half the largest punctum
+  plus one confocal PSF FWHM from every bead's, so that a detected bead centre is not
+  pulled off the true one (the ground truth) by a punctum touching it.
+* **Tilt** (``tilt_deg``, ``tilt_axis_deg``): the SEM looks at the specimen tilted by
+  ``tilt_deg`` about an in-plane axis at ``tilt_axis_deg`` from the SEM image's x
+  axis; distances across the axis appear shortened by ``cos(tilt)``, so the ground
+  truth ``G`` (em -> lm) stretches by ``1 / cos(tilt)`` across the axis (anisotropy
+  1.064 at 20 deg, 1.25 at 36.87 deg). Beads are spheres and stay round in the SEM.
+* **Databar** (``databar_px``): the bottom ``databar_px`` rows of the SEM image are a
+  uniform black strip with white text-like glyphs and a scale bar, burned in after
+  the detector; beads under it (even partly) are neither visible nor landmarks.
+* **Bead size**: ``bead_diameter_nm`` of 200-1000 nm (fluorescent beads) renders as a
+  PSF-blurred disc whose plateau keeps the 100 nm beads' peak brightness; keep
+  ``min_bead_spacing_um`` above the diameter (it is raised to 1.5 diameters
+  otherwise).
 """
 
 from __future__ import annotations
@@ -111,6 +140,28 @@ DEFAULT_FIDUCIAL_PARAMS: dict = {
     ],
 }
 
+#: Optional stress parameters (top level of ``params``), all off by default. Ranges are
+#: ``[low, high]`` lists drawn per seed (confocal) or per case (SEM).
+STRESS_PARAMS: dict = {
+    # bright spots in the confocal, not beads (shared by every case of a seed)
+    "n_puncta_lm": 0,
+    # bright spots in the SEM (vesicles, granules), not beads, drawn per case
+    "n_puncta_em": 0,
+    # punctum diameter as a multiple of bead_diameter_nm, log-uniform
+    "puncta_diameter_factor": [0.6, 1.6],
+    # punctum peak in the confocal, x a bright bead's peak
+    "puncta_lm_brightness": [0.3, 1.2],
+    # punctum grey in the SEM before noise ([0, 1]; beads are 0.9-1.0)
+    "puncta_em_brightness": [0.6, 1.0],
+}
+
+#: Optional keys of a view (``params["views"][i]``), all off by default.
+STRESS_VIEW_OPTIONS: dict = {
+    "tilt_deg": 0.0,  # specimen tilt in the SEM, degrees (foreshortening cos(tilt))
+    "tilt_axis_deg": 0.0,  # tilt axis, degrees counter-clockwise from the SEM x axis
+    "databar_px": 0,  # rows of the black databar at the bottom of the SEM image
+}
+
 _SUPERSAMPLE = 4  # confocal supersampling factor
 _LM_EDGE_MARGIN_UM = 0.5  # beads keep this far from the confocal border
 _EM_EDGE_MARGIN_UM = 0.3  # the SEM field keeps this far from the confocal border
@@ -118,6 +169,8 @@ _LM_OFFSET = 6.0  # confocal dark level, grey
 _BEAD_PEAK = 0.85  # blurred confocal bead peak per unit amplitude (signal units)
 _FWHM_TO_SIGMA = 1.0 / 2.3548
 _N_CENTER_CANDIDATES = 12  # random SEM field positions tried when no centre is given
+_LARGE_WORLD_UM = 50.0  # wider worlds get a coarser SEM texture (memory, time)
+_MAX_ORGANELLES = 3000  # SEM organelles in a large world, at most
 
 
 def _draw(rng: np.random.Generator, value: object, integer: bool = False) -> float:
@@ -168,7 +221,21 @@ _WORLD_KEYS = (
     "n_spurious_lm",
     "photons",
     "read_noise",
+    "n_puncta_lm",
+    "puncta_diameter_factor",
+    "puncta_lm_brightness",
 )
+
+
+def _param(p: dict, key: str) -> object:
+    """``p[key]``, or the off value of an optional stress parameter."""
+    return p[key] if key in p else STRESS_PARAMS[key]
+
+
+def _seq(seed: int | tuple[int, ...], *tail: int) -> list[int]:
+    """Seed sequence ``[seed, *tail]``; a tuple seed (negative controls) is spliced in."""
+    head = [int(s) for s in seed] if isinstance(seed, tuple) else [int(seed)]
+    return head + [int(t) for t in tail]
 
 
 @dataclass(frozen=True)
@@ -225,6 +292,8 @@ class _World:
     px_per_um: float  # confocal sampling
     size_um: float
     tissue: _Tissue
+    puncta: np.ndarray  # (k, 2) um, confocal puncta (stress option; k = 0 when off)
+    puncta_diameter_nm: np.ndarray  # (k,)
 
 
 def _peak_gain(radius_um: float, sigma_um: float) -> float:
@@ -263,19 +332,20 @@ def _render_emitter(
 
 
 @lru_cache(maxsize=4)
-def _cached_world(seed: int, key: tuple[str, ...]) -> _World:
+def _cached_world(seed: int | tuple[int, ...], key: tuple[str, ...]) -> _World:
     """The world of ``seed`` for the JSON-encoded world parameters ``key`` (memoised)."""
     return _make_world(seed, {k: json.loads(v) for k, v in zip(_WORLD_KEYS, key, strict=True)})
 
 
-def _world(seed: int, p: dict) -> _World:
+def _world(seed: int | tuple[int, ...], p: dict) -> _World:
     """The (cached) world of ``seed`` under the merged parameters ``p``."""
-    return _cached_world(int(seed), tuple(json.dumps(p[k]) for k in _WORLD_KEYS))
+    seed = tuple(int(s) for s in seed) if isinstance(seed, tuple) else int(seed)
+    return _cached_world(seed, tuple(json.dumps(_param(p, k)) for k in _WORLD_KEYS))
 
 
-def _make_world(seed: int, p: dict) -> _World:
+def _make_world(seed: int | tuple[int, ...], p: dict) -> _World:
     """Bead field, confocal image and SEM tissue of one seed (rng ``[seed, 1000]``)."""
-    rng = np.random.default_rng([seed, 1000])
+    rng = np.random.default_rng(_seq(seed, 1000))
     optics = _Confocal(
         n_px=int(p["confocal_size_px"]),
         ppu=1000.0 / float(p["confocal_px_nm"]),
@@ -286,6 +356,8 @@ def _make_world(seed: int, p: dict) -> _World:
     signal = _lm_background(rng, optics)
     _add_beads_lm(signal, beads, amplitude, float(p["bead_diameter_nm"]) / 2000.0, optics)
     debris, debris_d = _add_debris_lm(rng, signal, beads, int(p["n_spurious_lm"]), optics)
+    puncta_rng = np.random.default_rng(_seq(seed, 1000, 1))  # own stream: off = unchanged
+    puncta, puncta_d = _add_puncta_lm(puncta_rng, signal, beads, p, optics)
     lm = poisson_gaussian(rng, signal, float(p["photons"]), float(p["read_noise"]), _LM_OFFSET)
     tissue = _sem_tissue(rng, optics.size_um)
     lm.setflags(write=False)
@@ -299,15 +371,19 @@ def _make_world(seed: int, p: dict) -> _World:
         px_per_um=optics.ppu,
         size_um=optics.size_um,
         tissue=tissue,
+        puncta=puncta,
+        puncta_diameter_nm=puncta_d,
     )
 
 
 def _place_beads(rng: np.random.Generator, p: dict, size_um: float) -> np.ndarray:
-    """Bead centres (n, 2) um: dart throwing at the minimum spacing, off the field edge."""
-    m = _LM_EDGE_MARGIN_UM
-    return min_distance_sample(
-        rng, int(p["n_beads"]), (m, m, size_um - m, size_um - m), float(p["min_bead_spacing_um"])
-    )
+    """Bead centres (n, 2) um: dart throwing at the minimum spacing, off the field edge.
+
+    The spacing is at least 1.5 bead diameters, so that large beads never touch.
+    """
+    m = max(_LM_EDGE_MARGIN_UM, float(p["bead_diameter_nm"]) / 1000.0)
+    spacing = max(float(p["min_bead_spacing_um"]), 1.5 * float(p["bead_diameter_nm"]) / 1000.0)
+    return min_distance_sample(rng, int(p["n_beads"]), (m, m, size_um - m, size_um - m), spacing)
 
 
 def _bead_brightness_lm(
@@ -422,6 +498,73 @@ def _add_debris_spot(
     return diam
 
 
+def _puncta_clearance_um(p: dict) -> float:
+    """Least distance (um) from a punctum's centre to a bead's: the largest punctum
+    and the bead touch no closer than one confocal PSF FWHM."""
+    d_um = float(p["bead_diameter_nm"]) / 1000.0
+    f_hi = float(np.max(_param(p, "puncta_diameter_factor")))
+    return d_um * (1.0 + f_hi) / 2.0 + float(p["psf_fwhm_nm"]) / 1000.0
+
+
+def _punctum_shape(rng: np.random.Generator, p: dict) -> tuple[float, float]:
+    """Diameter (um, log-uniform in ``puncta_diameter_factor`` x bead) and aspect ratio."""
+    lo, hi = (float(v) for v in np.broadcast_to(_param(p, "puncta_diameter_factor"), 2))
+    diam = float(p["bead_diameter_nm"]) / 1000.0 * np.exp(rng.uniform(np.log(lo), np.log(hi)))
+    return diam, float(rng.uniform(0.75, 1.0))
+
+
+def _add_puncta_lm(
+    rng: np.random.Generator, signal: np.ndarray, beads: np.ndarray, p: dict, optics: _Confocal
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add ``n_puncta_lm`` fluorescent puncta away from the beads (stress option).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The puncta's own stream (``[seed, 1000, 1]``); untouched when there are none.
+    signal : ndarray
+        Confocal signal (native pixels), modified in place.
+    beads : ndarray, shape (n, 2)
+        Bead centres, um.
+    p : dict
+        Merged parameters.
+    optics : _Confocal
+        Confocal sampling and PSF.
+
+    Returns
+    -------
+    centres : ndarray, shape (k, 2)
+        Puncta centres, um.
+    diameters : ndarray, shape (k,)
+        Puncta diameters (mean of the axes), nm.
+    """
+    n = _draw(rng, _param(p, "n_puncta_lm"), integer=True) if _param(p, "n_puncta_lm") else 0
+    m, size_um = _LM_EDGE_MARGIN_UM, optics.size_um
+    clearance = _puncta_clearance_um(p)
+    centres, diameters = [], []
+    for _ in range(n):
+        c = _free_spot(rng, (m, m), (size_um - m, size_um - m), beads, clearance)
+        diam, aspect = _punctum_shape(rng, p)
+        semi = (diam / 2, diam / 2 * aspect)
+        ang, wob = float(rng.uniform(0, np.pi)), _wobble(rng, 0.1)
+        gain = _BEAD_PEAK * _peak_gain(np.sqrt(np.prod(semi)), optics.sigma_um)
+        emission = _draw(rng, _param(p, "puncta_lm_brightness")) * gain
+        _render_emitter(
+            signal,
+            c,
+            1.4 * semi[0],
+            lambda xx, yy, c=c, semi=semi, ang=ang, wob=wob: ellipse_distance(
+                xx, yy, (c[0], c[1]), semi, ang, wob
+            )[0],
+            float(emission),
+            optics.ppu,
+            optics.sigma_ss,
+        )
+        centres.append(c)
+        diameters.append(1000.0 * (semi[0] + semi[1]))
+    return np.array(centres, dtype=float).reshape(-1, 2), np.array(diameters, dtype=float)
+
+
 def _blob(
     rng: np.random.Generator,
     center: np.ndarray,
@@ -441,17 +584,27 @@ def _blob(
 
 
 def _sem_tissue(rng: np.random.Generator, size_um: float) -> _Tissue:
-    """The SEM tissue in world um: tone, membranes, texture, nucleus and organelles."""
+    """The SEM tissue in world um: tone, membranes, texture, nucleus and organelles.
+
+    Worlds wider than ``_LARGE_WORLD_UM`` (large fluorescent-bead fields, never the
+    default 20 um one) get a texture coarsened in proportion, so that its finest lattice
+    stays under ~1700 x 1700 nodes, and organelles in proportion to their area (at most
+    ``_MAX_ORGANELLES``).
+    """
     bounds = (0.0, 0.0, size_um, size_um)
+    coarsen = max(1.0, size_um / _LARGE_WORLD_UM)
     tone = ValueNoise(rng, bounds, (4.0, 2.0, 1.0))
     membranes = ValueNoise(rng, bounds, (2.5, 1.2, 0.6))
     fine_membranes = ValueNoise(rng, bounds, (0.9, 0.45))
-    texture = ValueNoise(rng, bounds, (0.08, 0.03))
+    texture = ValueNoise(rng, bounds, (0.08 * coarsen, 0.03 * coarsen))
     c = rng.uniform((0.3 * size_um,) * 2, (0.7 * size_um,) * 2)
     a = rng.uniform(2.5, 3.5)
     nucleus = _blob(rng, c, a, rng.uniform(0.7, 0.9), 0.05, (0.06, 0.1))
     organelles = []
-    for _ in range(int(rng.integers(80, 110))):
+    n_organelles = int(rng.integers(80, 110))
+    if size_um > _LARGE_WORLD_UM:
+        n_organelles = min(_MAX_ORGANELLES, int(n_organelles * (size_um / 20.44) ** 2))
+    for _ in range(n_organelles):
         c = rng.uniform((0.0, 0.0), (size_um, size_um))
         a = rng.uniform(0.12, 0.5)
         organelles.append(_blob(rng, c, a, rng.uniform(0.35, 0.9), 0.1, (0.05, 0.13)))
@@ -471,6 +624,9 @@ class _SemView:
     scale: tuple[float, ...]
     shear: float
     mirror: bool
+    tilt: float = 0.0  # specimen tilt, degrees (stress option)
+    tilt_axis: float = 0.0  # tilt axis, degrees from the SEM x axis
+    databar_px: int = 0  # rows of the databar at the bottom (stress option)
 
     @property
     def width_um(self) -> float:
@@ -483,16 +639,41 @@ class _SemView:
         return self.shape[0] / self.ppu
 
     @property
+    def visible_height_um(self) -> float:
+        """Height of the field above the databar, em um (the whole field without one)."""
+        return (self.shape[0] - self.databar_px) / self.ppu
+
+    @property
+    def untilted_linear(self) -> np.ndarray:
+        """Linear part (2x2) of the affine em um -> lm um without the tilt."""
+        return affine_matrix(self.rotation, self.scale, self.shear, mirror=self.mirror)[:2, :2]
+
+    @property
+    def foreshortening(self) -> np.ndarray:
+        """The tilt's stretch (2x2, em frame): ``1 / cos(tilt)`` across the tilt axis."""
+        a = np.deg2rad(self.tilt_axis)
+        rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        return rot @ np.diag([1.0, 1.0 / np.cos(np.deg2rad(self.tilt))]) @ rot.T
+
+    @property
     def linear(self) -> np.ndarray:
         """Linear part (2x2) of the affine em um -> lm um."""
-        return affine_matrix(self.rotation, self.scale, self.shear, mirror=self.mirror)[:2, :2]
+        if self.tilt == 0.0:
+            return self.untilted_linear
+        return self.untilted_linear @ self.foreshortening
 
     def affine(self, center_lm: np.ndarray) -> np.ndarray:
         """Affine em um -> lm um that puts the SEM field centre at ``center_lm``."""
         em_c = np.array([self.width_um / 2, self.height_um / 2])
-        return affine_matrix(
+        matrix = affine_matrix(
             self.rotation, self.scale, self.shear, tuple(center_lm - em_c), self.mirror, tuple(em_c)
         )
+        if self.tilt == 0.0:
+            return matrix
+        stretch = np.eye(3)  # the foreshortening about the field centre (which it keeps)
+        stretch[:2, :2] = self.foreshortening
+        stretch[:2, 2] = em_c - self.foreshortening @ em_c
+        return matrix @ stretch
 
 
 @dataclass(frozen=True)
@@ -506,6 +687,8 @@ class _SemScene:
     values: np.ndarray  # (n,) bead brightness, NaN when buried
     missing_fraction: float
     spurious: list[_Blob]  # bright non-bead blobs, em um
+    puncta: tuple[_Blob, ...] = ()  # SEM puncta (stress option), em um
+    under_databar: np.ndarray | None = None  # beads in the field but under the databar
 
 
 def _sem_view(view: dict) -> _SemView:
@@ -517,7 +700,27 @@ def _sem_view(view: dict) -> _SemView:
         scale=tuple(float(s) for s in view.get("scale", (1.0, 1.0))),
         shear=float(view.get("shear", 0.0)),
         mirror=bool(view.get("mirror", False)),
+        tilt=_tilt_deg(view),
+        tilt_axis=float(view.get("tilt_axis_deg", 0.0)),
+        databar_px=_databar_px(view),
     )
+
+
+def _tilt_deg(view: dict) -> float:
+    """The view's ``tilt_deg``, checked to lie in [0, 80) degrees."""
+    tilt = float(view.get("tilt_deg", 0.0))
+    if not 0.0 <= tilt < 80.0:
+        raise ValueError(f"view tilt_deg must lie in [0, 80) degrees, got {tilt}")
+    return tilt
+
+
+def _databar_px(view: dict) -> int:
+    """The view's ``databar_px``, checked to leave at least half of the image above it."""
+    rows = int(view["size_px"][0])
+    bar = int(view.get("databar_px", 0))
+    if not 0 <= bar <= rows // 2:
+        raise ValueError(f"view databar_px must lie in [0, {rows // 2}] (half the rows), got {bar}")
+    return bar
 
 
 def _paint_blob(
@@ -549,13 +752,22 @@ def _render_sem(
     scene: _SemScene,
     noise: float,
     rng: np.random.Generator,
+    bar_rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """SEM image (uint8) of the world seen through ``G`` (em um -> world um)."""
+    """SEM image (uint8) of the world seen through ``G`` (em um -> world um).
+
+    ``bar_rng`` draws the databar's text (only used when the view has a databar).
+    """
     x, y = pixel_grid_um(slice(0, sem.shape[0]), slice(0, sem.shape[1]), sem.ppu)
     img = _sem_tissue_image(world.tissue, G, x, y, sem.ppu)
     _paint_spurious(img, x, y, scene.spurious, sem.ppu)
+    if scene.puncta:
+        _paint_spurious(img, x, y, list(scene.puncta), sem.ppu)
     _paint_beads_em(img, x, y, scene, sem.ppu)
-    return _sem_detector(rng, img, x, y, noise)
+    em = _sem_detector(rng, img, x, y, noise)
+    if sem.databar_px:
+        _paint_databar(bar_rng, em, sem.databar_px, sem.ppu)
+    return em
 
 
 def _sem_tissue_image(
@@ -622,6 +834,75 @@ def _paint_beads_em(
         cov = coverage(d, px_um)
         halo = 0.12 * np.exp(-((np.maximum(d, 0.0) / halo_um) ** 2))
         img[win] = img[win] * (1.0 - cov) + value * cov + halo * (1.0 - cov)
+
+
+#: Segments (r0, c0, r1, c1 as fractions of the glyph box) of a 7-segment glyph, a-g.
+_SEGMENTS = (
+    (0.0, 0.0, 0.0, 1.0),  # a: top
+    (0.0, 1.0, 0.5, 1.0),  # b: upper right
+    (0.5, 1.0, 1.0, 1.0),  # c: lower right
+    (1.0, 0.0, 1.0, 1.0),  # d: bottom
+    (0.5, 0.0, 1.0, 0.0),  # e: lower left
+    (0.0, 0.0, 0.5, 0.0),  # f: upper left
+    (0.5, 0.0, 0.5, 1.0),  # g: middle
+)
+#: Digits 0-9 as 7-segment masks (bit k = segment k of :data:`_SEGMENTS`).
+_DIGITS = (0x3F, 0x06, 0x5B, 0x4F, 0x66, 0x6D, 0x7D, 0x07, 0x7F, 0x6F)
+_BAR_WHITE = 255  # databar text and scale bar, grey
+_BAR_BLACK = 0  # databar background, grey
+
+
+def _paint_glyph(img: np.ndarray, r0: int, c0: int, h: int, w: int, mask: int, t: int) -> None:
+    """Burn a white 7-segment glyph (segments ``mask``, stroke ``t`` px) into ``img``."""
+    for k, (a, b, c, d) in enumerate(_SEGMENTS):
+        if mask >> k & 1:
+            ra, rb = r0 + int(round(a * (h - t))), r0 + int(round(c * (h - t))) + t
+            ca, cb = c0 + int(round(b * (w - t))), c0 + int(round(d * (w - t))) + t
+            img[ra:rb, ca:cb] = _BAR_WHITE
+
+
+def _nice_length_um(max_um: float) -> float:
+    """Largest 1, 2 or 5 x 10^k um not above ``max_um``."""
+    k = np.floor(np.log10(max_um))
+    return float(max(m * 10.0**k for m in (1.0, 2.0, 5.0) if m * 10.0**k <= max_um))
+
+
+def _paint_databar(rng: np.random.Generator, img: np.ndarray, bar_px: int, em_ppu: float) -> None:
+    """Burn an SEM databar into the bottom ``bar_px`` rows of ``img`` (uint8, in place).
+
+    A uniform black strip holding one line of white text-like glyphs (7-segment digits
+    and letter-like segment sets in words of 2-6) and, at the right, a scale bar with
+    end ticks whose length is a round number of um, labelled by a digit.
+    """
+    bar = img[img.shape[0] - bar_px :]
+    bar[:] = _BAR_BLACK
+    cols = img.shape[1]
+    gh = max(5, int(round(0.4 * bar_px)))  # glyph height, px
+    gw = max(3, int(round(0.55 * gh)))
+    t = max(1, int(round(gh / 7)))
+    r0 = (bar_px - gh) // 2
+    margin = max(2, gw)
+    length = int(round(_nice_length_um(0.2 * cols / em_ppu) * em_ppu))
+    bar_c0 = cols - margin - length
+    bar_r = r0 + gh // 2
+    bar[bar_r - t : bar_r + t, bar_c0 : bar_c0 + length] = _BAR_WHITE
+    for c in (bar_c0, bar_c0 + length - t):
+        bar[r0 + gh // 4 : r0 + gh - gh // 4, c : c + t] = _BAR_WHITE
+    _paint_glyph(bar, r0, bar_c0 - margin - gw, gh, gw, _DIGITS[int(rng.integers(1, 10))], t)
+    c = margin
+    stop = bar_c0 - 3 * margin - gw
+    while True:
+        n = int(rng.integers(2, 7))
+        if c + n * (gw + t + 1) > stop:
+            break
+        for _ in range(n):
+            if rng.random() < 0.6:
+                mask = _DIGITS[int(rng.integers(0, 10))]
+            else:
+                mask = int(rng.integers(1, 128))
+            _paint_glyph(bar, r0, c, gh, gw, mask, t)
+            c += gw + t + 1
+        c += 2 * gw
 
 
 def _sem_detector(
@@ -735,7 +1016,7 @@ def _choose_center(
     score = []
     for c in candidates:
         beads_em = apply(np.linalg.inv(sem.affine(c)), world.beads)
-        inside = _inside_em(beads_em, sem.width_um, sem.height_um, pad)
+        inside = _inside_em(beads_em, sem.width_um, sem.visible_height_um, pad)
         score.append(np.count_nonzero(inside & lm_ok) - np.count_nonzero(inside & ~lm_ok))
     return candidates[int(np.argmax(score))]
 
@@ -748,13 +1029,41 @@ def _sem_scene(
     beads_lm: np.ndarray,
     r_em: float,
     pad: float,
+    puncta_rng: np.random.Generator | None = None,
 ) -> _SemScene:
-    """The beads in the SEM frame, which are inside the field and buried, and distractors."""
+    """The beads in the SEM frame, which are inside the field and buried, and distractors.
+
+    A bead is inside when its disc lies in the part of the field above the databar;
+    ``puncta_rng`` (the SEM puncta's own stream) is used only with ``n_puncta_em``.
+    """
     beads_em = apply(np.linalg.inv(G), beads_lm)
-    inside = _inside_em(beads_em, sem.width_um, sem.height_um, pad)
+    inside = _inside_em(beads_em, sem.width_um, sem.visible_height_um, pad)
     fraction, missing, values = _bury_beads(rng, p["missing_fraction"], inside)
     spurious = _spurious_em(rng, sem, beads_em, float(p["bead_diameter_nm"]), p["n_spurious_em"])
-    return _SemScene(beads_em, r_em, inside, missing, values, fraction, spurious)
+    puncta: tuple[_Blob, ...] = ()
+    if _param(p, "n_puncta_em"):
+        scale = float(np.sqrt(abs(np.linalg.det(sem.untilted_linear))))
+        puncta = _puncta_em(puncta_rng, p, sem, beads_em, _puncta_clearance_um(p) / scale)
+    under = None
+    if sem.databar_px:
+        in_field = _inside_em(beads_em, sem.width_um, sem.height_um, pad)
+        under = np.flatnonzero(in_field & ~inside)
+    return _SemScene(beads_em, r_em, inside, missing, values, fraction, spurious, puncta, under)
+
+
+def _puncta_em(
+    rng: np.random.Generator, p: dict, sem: _SemView, beads_em: np.ndarray, clearance: float
+) -> tuple[_Blob, ...]:
+    """``n_puncta_em`` bright SEM puncta (em um) at least ``clearance`` um from the beads."""
+    n = _draw(rng, _param(p, "n_puncta_em"), integer=True)
+    value = tuple(float(v) for v in np.broadcast_to(_param(p, "puncta_em_brightness"), 2))
+    lo, hi = (0.2, 0.2), (sem.width_um - 0.2, sem.height_um - 0.2)
+    puncta = []
+    for _ in range(n):
+        c = _free_spot(rng, lo, hi, beads_em, clearance)
+        diam, aspect = _punctum_shape(rng, p)
+        puncta.append(_blob(rng, c, diam / 2.0, aspect, 0.1, value))
+    return tuple(puncta)
 
 
 def _bury_beads(
@@ -812,18 +1121,20 @@ def _landmark_table(idx: np.ndarray, beads_em: np.ndarray, beads_lm: np.ndarray)
 
 def _transform_record(G: np.ndarray, sem: _SemView, center_lm: list[float]) -> dict:
     """The ground-truth transform em um -> lm um as a dict, with the view's parameters."""
+    extra = {
+        "rotation_deg": sem.rotation,
+        "scale": list(sem.scale),
+        "shear": sem.shear,
+        "mirror": sem.mirror,
+        "em_center_in_lm_um": center_lm,
+    }
+    if sem.tilt:
+        sv = np.linalg.svd(G[:2, :2], compute_uv=False)
+        extra.update(
+            tilt_deg=sem.tilt, tilt_axis_deg=sem.tilt_axis, anisotropy=float(sv[0] / sv[1])
+        )
     return Transform(
-        G,
-        moving="em",
-        fixed="lm",
-        method="ground truth (synthetic)",
-        extra={
-            "rotation_deg": sem.rotation,
-            "scale": list(sem.scale),
-            "shear": sem.shear,
-            "mirror": sem.mirror,
-            "em_center_in_lm_um": center_lm,
-        },
+        G, moving="em", fixed="lm", method="ground truth (synthetic)", extra=extra
     ).to_dict()
 
 
@@ -840,7 +1151,7 @@ def _truth_record(
 ) -> dict:
     """JSON-ready ground truth: transform, beads in both frames, missing ones, distractors."""
     spurious = scene.spurious
-    return {
+    record = {
         "case": name,
         "track": "fiducial",
         "seed": int(seed),
@@ -863,6 +1174,24 @@ def _truth_record(
         "view": view,
         "bead_diameter_nm": bead_d_nm,
     }
+    record.update(_stress_record(world, scene))
+    return record
+
+
+def _stress_record(world: _World, scene: _SemScene) -> dict:
+    """Ground-truth entries of the stress options that are on (none when all are off)."""
+    out: dict = {}
+    if len(world.puncta):
+        out["puncta_lm_um"] = world.puncta.tolist()
+        out["puncta_lm_diameter_nm"] = world.puncta_diameter_nm.tolist()
+    if scene.puncta:
+        out["puncta_em_um"] = [list(b.center) for b in scene.puncta]
+        out["puncta_em_diameter_nm"] = [
+            1000.0 * (b.semi_axes[0] + b.semi_axes[1]) for b in scene.puncta
+        ]
+    if scene.under_databar is not None:
+        out["under_databar_em"] = scene.under_databar.tolist()
+    return out
 
 
 def make_fiducial_case(
@@ -880,7 +1209,10 @@ def make_fiducial_case(
         ``params["views"][index % len(views)]`` and seeds the per-case choices.
     params : dict or None
         Overrides of :data:`DEFAULT_FIDUCIAL_PARAMS` (top-level keys replace defaults;
-        ``views`` is replaced as a whole). Unknown keys are ignored.
+        ``views`` is replaced as a whole), plus any of the optional stress parameters
+        of :data:`STRESS_PARAMS` (puncta) and, per view, of
+        :data:`STRESS_VIEW_OPTIONS` (``tilt_deg``, ``tilt_axis_deg``, ``databar_px``).
+        Unknown keys are ignored.
     name : str, optional
         Case name (default ``semNN`` with ``NN = index + 1``).
 
@@ -893,6 +1225,13 @@ def make_fiducial_case(
         every bead visible in both images, named ``beadNNN`` after the bead index;
         ``ground_truth`` = JSON-ready dict with the transform em um -> lm um, all bead
         positions in both frames, the missing and outside beads and the distractors.
+        ``outside_em`` holds every bead not fully in the SEM field above the databar.
+        Only with the stress options on, it also holds ``puncta_lm_um`` /
+        ``puncta_lm_diameter_nm``, ``puncta_em_um`` / ``puncta_em_diameter_nm``,
+        ``under_databar_em`` (beads in the field, hidden by the databar) and, in
+        ``transform.extra``, ``tilt_deg``, ``tilt_axis_deg`` and ``anisotropy`` (the
+        ratio of the singular values of ``G``); without them it is exactly what it was
+        before the options existed.
 
     Raises
     ------
@@ -911,32 +1250,58 @@ def make_fiducial_case(
     """
     p = merge_params(DEFAULT_FIDUCIAL_PARAMS, params)
     index = int(index)
-    view = _view_params(p, index)
     name = name or f"sem{index + 1:02d}"
+    c = _case_parts(seed, index, p, name)
+    return SyntheticCase(
+        name=name,
+        em=c.em,
+        em_px_per_um=c.sem.ppu,
+        lm=np.array(c.world.lm),
+        lm_px_per_um=c.world.px_per_um,
+        landmarks=_landmark_table(c.landmark_idx, c.scene.beads, np.asarray(c.world.beads)),
+        ground_truth=_truth_record(
+            name, seed, index, c.view, c.sem, c.G, c.world, c.scene, float(p["bead_diameter_nm"])
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class _CaseParts:
+    """One rendered SEM view of a world and what the ground truth is made of."""
+
+    view: dict  # the view's parameters, ``center_um`` filled in
+    world: _World
+    sem: _SemView
+    G: np.ndarray  # em um -> lm um
+    scene: _SemScene
+    em: np.ndarray  # uint8 SEM image
+    landmark_idx: np.ndarray  # beads visible in both images
+
+
+def _case_parts(seed: int | tuple[int, ...], index: int, p: dict, name: str) -> _CaseParts:
+    """Render the SEM view ``index`` of the world ``seed`` under merged parameters ``p``.
+
+    Random streams: ``[seed, 1000]`` (world), ``[seed, 2000, index]`` (case),
+    ``[seed, 2000, index, 1]`` (SEM puncta), ``[seed, 2000, index, 2]`` (databar).
+    """
+    view = _view_params(p, index)
     world = _world(seed, p)
-    rng = np.random.default_rng([seed, 2000, index])
+    rng = np.random.default_rng(_seq(seed, 2000, index))
     sem = _sem_view(view)
 
-    # Bead radius in both frames; a bead counts as inside the SEM field when fully inside.
+    # Bead radius in both frames; a bead counts as inside the SEM field when fully inside
+    # (and above the databar). Beads are spheres: round in the SEM even when tilted.
     r_lm = float(p["bead_diameter_nm"]) / 2000.0
-    r_em = r_lm / float(np.sqrt(abs(np.linalg.det(sem.linear))))
+    r_em = r_lm / float(np.sqrt(abs(np.linalg.det(sem.untilted_linear))))
     pad = r_em + 1.0 / sem.ppu
     inside_lm, lm_ok = _seen_in_confocal(world, r_lm)
 
     center = _field_center(rng, sem, view.get("center_um"), world, lm_ok, pad, name)
     view["center_um"] = [float(center[0]), float(center[1])]
     G = sem.affine(center)
-    scene = _sem_scene(rng, p, sem, G, world.beads, r_em, pad)
-    em = _render_sem(world, G, sem, scene, float(p["sem_noise"]), rng)
+    puncta_rng = np.random.default_rng(_seq(seed, 2000, index, 1))
+    scene = _sem_scene(rng, p, sem, G, world.beads, r_em, pad, puncta_rng)
+    bar_rng = np.random.default_rng(_seq(seed, 2000, index, 2))
+    em = _render_sem(world, G, sem, scene, float(p["sem_noise"]), rng, bar_rng)
     idx = _seen_in_both(scene, inside_lm, world.missing_in_lm)
-    return SyntheticCase(
-        name=name,
-        em=em,
-        em_px_per_um=sem.ppu,
-        lm=np.array(world.lm),
-        lm_px_per_um=world.px_per_um,
-        landmarks=_landmark_table(idx, scene.beads, np.asarray(world.beads)),
-        ground_truth=_truth_record(
-            name, seed, index, view, sem, G, world, scene, float(p["bead_diameter_nm"])
-        ),
-    )
+    return _CaseParts(view, world, sem, G, scene, em, idx)
