@@ -148,7 +148,6 @@ def test_phantom_keys_with_built_in_defaults_can_be_set():
         n_spurious_em=4,
     )
     config["synthetic"]["fiducial"]["views"][0]["center_um"] = [10.0, 10.0]
-    config["fiducials"]["robust"]["max_iterations"] = 10
     check(config)
 
 

@@ -3,20 +3,31 @@ import pytest
 from scipy import ndimage
 
 from clemalign.fiducials import (
+    DEFAULT_FIDUCIAL_SETTINGS,
     FiducialError,
+    _detect,
     algorithm1,
     bead_mask,
+    check_match,
     detect_beads,
     detect_databar,
     fiducial_registration_error_um,
     gaussian_centres,
     predicted_tre_um,
     register_fiducial_case,
-    robust_register,
+    robust_match,
+    robust_settings,
 )
 from clemalign.phantom import make_fiducial_case
 from clemalign.phantom._common import min_distance_sample
+from clemalign.phantom.crowded import (
+    detection_settings,
+    make_stress_case,
+    make_unrelated_bead_pair,
+    stress_params,
+)
 from clemalign.preprocess import to_unit_float
+from clemalign.settings import merge_params
 from clemalign.transforms import affine_matrix, apply, fit_affine
 
 
@@ -36,6 +47,11 @@ def _grid_error(matrix, truth, extent=15.0):
 def _truth(rotation, scale=(1.0, 1.0), shear=0.0, mirror=False):
     """SEM um -> LM um, the SEM field's centre (6, 6) landing at (10, 10) in the LM field."""
     return affine_matrix(rotation, scale, shear, (4.0, 4.0), mirror, (6.0, 6.0))
+
+
+def robust_default(em, lm, field_um=(20.0, 20.0)):
+    """The robust mode with the default settings (LM field 20 x 20 um)."""
+    return robust_match(em, lm, robust_settings(), 0.2, field_um)
 
 
 def _view(lm, truth, keep):
@@ -59,7 +75,7 @@ def test_robust_recovers_an_8_percent_shear_exactly_and_algorithm1_honestly():
     rng, lm = _field(2)
     truth = _truth(15.0, (1.0, 0.93), 0.08)
     em = _view(lm, truth, np.ones(len(lm), bool))
-    assert _grid_error(robust_register(em, lm).matrix, truth) < 1e-6
+    assert _grid_error(robust_default(em, lm).matrix, truth) < 1e-6
     # Algorithm 1 on the same input: the neighbour ratio is no longer invariant, but one
     # correct triplet plus the least-squares refinement still lands exactly here.
     assert _grid_error(algorithm1(em, lm).matrix, truth) < 1e-6
@@ -73,7 +89,7 @@ def test_shear_breaks_algorithm1_where_robust_holds():
         rng, lm = _field(100 + seed, n=45)
         truth = _truth(40.0 * seed, (1.1, 1.0), 0.1)
         em = _view(lm, truth, rng.random(len(lm)) > 0.15)
-        robust_ok += _grid_error(robust_register(em, lm).matrix, truth) < 1e-6
+        robust_ok += _grid_error(robust_default(em, lm).matrix, truth) < 1e-6
         try:
             a1_ok += _grid_error(algorithm1(em, lm).matrix, truth) < 1e-6
         except FiducialError:
@@ -90,7 +106,7 @@ def test_missing_and_spurious_beads():
     em = _view(lm, truth, keep)
     spurious = rng.uniform(0, 12.0, (int(0.2 * len(em)), 2))
     em_noisy = np.concatenate([em, spurious])
-    res = robust_register(em_noisy, lm)
+    res = robust_default(em_noisy, lm)
     assert _grid_error(res.matrix, truth) < 1e-6
     assert set(res.pairs[:, 0]) <= set(range(len(em)))  # no spurious point was used
     # Plain Algorithm 1 on the same input happens to recover it too (no spurious point
@@ -107,7 +123,7 @@ def test_missing_and_spurious_beads():
     a1 = algorithm1(em_trap, lm)
     assert len(em_trap) - 1 in a1.pairs[:, 0]
     assert 1e-4 < _grid_error(a1.matrix, truth) < 0.05
-    robust = robust_register(em_trap, lm)
+    robust = robust_default(em_trap, lm)
     assert len(em_trap) - 1 not in robust.pairs[:, 0]
     assert _grid_error(robust.matrix, truth) < 1e-6
 
@@ -117,7 +133,7 @@ def test_too_few_and_collinear_beads_raise_clear_errors():
     with pytest.raises(FiducialError, match=r"2 beads found in the source \(EM\) image.*1\.0"):
         algorithm1(lm[:2], lm)
     with pytest.raises(FiducialError, match="0 beads found in the target"):
-        robust_register(lm, np.zeros((0, 2)))
+        robust_default(lm, np.zeros((0, 2)))
     line = np.stack([np.linspace(0, 5, 6), np.linspace(0, 2.5, 6)], 1)
     with pytest.raises(FiducialError, match="collinear"):
         algorithm1(line, lm)
@@ -264,3 +280,32 @@ def test_candidates_are_ranked_by_bead_likeness_and_masks_drop_them():
     assert len(masked.xy_um) == 2 and masked.n_masked == 1
     round_only = detect_beads(img, 20.0, 0.1, 0.25, 0.05, (0.2, 5.0), min_roundness=0.5)
     assert len(round_only.xy_um) == 2
+
+
+def _crowded_run(case, params):
+    """Detection with the phantom's bead settings, then the robust mode and its check."""
+    s = merge_params(DEFAULT_FIDUCIAL_SETTINGS, detection_settings(params))
+    em = _detect(case.em, case.em_px_per_um, s, "em", bead_mask(case.em.shape, 0, None))
+    lm = _detect(case.lm, case.lm_px_per_um, s, "lm", bead_mask(case.lm.shape, 0, None))
+    field = (case.lm.shape[1] / case.lm_px_per_um, case.lm.shape[0] / case.lm_px_per_um)
+    res = robust_match(em.xy_um, lm.xy_um, robust_settings(s), s["tolerance_um"], field)
+    check = check_match(res, em.xy_um, lm.xy_um, s["tolerance_um"], field)
+    return res, check.status(s["significance"], s["plausible_affine"]), len(em.xy_um)
+
+
+def test_robust_mode_finds_beads_in_a_crowd_of_puncta():
+    """A crowded stress case (25 beads among ~240 SEM and ~350 light-microscope
+    candidates, tilt, puncta in both images): ok, and within 50 nm at the true beads."""
+    case, params = make_stress_case(1)
+    res, status, n_em = _crowded_run(case, params)
+    em_xy = case.landmarks[["em_x_um", "em_y_um"]].to_numpy(float)
+    lm_xy = case.landmarks[["lm_x_um", "lm_y_um"]].to_numpy(float)
+    assert n_em > 200 and status == "ok"
+    assert np.abs(apply(res.matrix, em_xy) - lm_xy).max() < 0.05
+
+
+def test_robust_mode_refuses_unrelated_crowded_images():
+    params = stress_params(1)
+    res, status, _ = _crowded_run(make_unrelated_bead_pair(1, params), params)
+    assert status.startswith("failed"), status
+    assert res.info["attempts_tried"] == len(robust_settings()["attempts"])

@@ -7,9 +7,16 @@ from math import comb
 import numpy as np
 import pytest
 
-from clemalign.fiducials import algorithm1, check_match, robust_register
+from clemalign.fiducials import (
+    _leverage,
+    algorithm1,
+    check_match,
+    robust_match,
+    robust_settings,
+)
+from clemalign.pointmatch import FiducialResult
 from clemalign.significance import MatchCheck, assess_match, chance_probability, log10_nfa
-from clemalign.transforms import affine_matrix
+from clemalign.transforms import affine_matrix, apply, fit_affine
 
 
 def _check(**kw) -> MatchCheck:
@@ -85,9 +92,42 @@ def test_best_hypotheses_on_unrelated_points_are_not_significant(seed):
     for result in (
         algorithm1(src, dst, 3, 0.2),
         algorithm1(src, dst, 3, 0.2, refine=False),
-        robust_register(src, dst),
+        robust_match(src, dst, robust_settings(), 0.2, (20.0, 20.0)),
     ):
         check = check_match(result, src, dst, 0.2, (20.0, 20.0))
         status = check.status(plausible={"scale_range": [0.0, 1e9], "max_anisotropy": 1e9})
         assert status.startswith("failed"), status
         assert "chance" in status or "need at least" in status
+
+
+def test_tolerance_scan_finds_a_tight_match_in_a_dense_field():
+    """20 true pairs (5 nm noise) among 300 targets on 20 x 20 um: at 0.2 um chance
+    gives ~11 pairs and 20 hardly stand out; the ORSA scan picks a tight tolerance and
+    the match is clearly significant, with the scan counted as tests."""
+    rng = np.random.default_rng(5)
+    truth = np.array([[0.9, -0.3, 4.0], [0.35, 1.05, 3.0], [0.0, 0.0, 1.0]])
+    src = rng.uniform(0, 12, (20, 2))
+    dst = np.concatenate(
+        [apply(truth, src) + rng.normal(0, 0.005, (20, 2)), rng.uniform(0, 20, (280, 2))]
+    )
+    result = FiducialResult(truth, np.zeros((0, 2), int), 0.0, 10**6, "test")
+    check = check_match(result, src, dst, 0.2, (20.0, 20.0))
+    assert check.tolerance_um < 0.1
+    assert check.n_consistent == 20 and check.log10_nfa < -20
+    assert check.status() == "ok"
+    loose = assess_match(truth, src, dst, 20, 10**6, 0.2, (20.0, 20.0))
+    assert loose.log10_nfa > check.log10_nfa + 15
+
+
+def test_held_out_residual_is_the_leave_one_out_residual():
+    """residual / (1 - h) equals the residual of a pair under the fit without it (the
+    consistency test of check_match counts pairs by it)."""
+    rng = np.random.default_rng(2)
+    src, dst = rng.uniform(0, 10, (7, 2)), rng.uniform(0, 10, (7, 2))
+    fitted = apply(fit_affine(src, dst), src) - dst
+    held_out = fitted / (1.0 - _leverage(src))[:, None]
+    for i in range(7):
+        keep = np.arange(7) != i
+        alone = apply(fit_affine(src[keep], dst[keep]), src[i : i + 1])[0] - dst[i]
+        np.testing.assert_allclose(held_out[i], alone, atol=1e-9)
+    assert np.all(_leverage(src[:3]) == 1.0)  # 3 pairs: nothing is held out

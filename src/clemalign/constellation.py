@@ -1,9 +1,9 @@
 """Bead matching by local constellations: triangles of candidates hashed by side lengths.
 
-:func:`clemalign.fiducials.robust_register` builds its hypotheses from each point's four
-nearest neighbours and ratio tests; among spurious candidates (bright puncta in cells)
-the corresponding beads are rarely each other's nearest neighbours, and it fails.
-:func:`constellation_register` matches *triangles* (a point and two of its
+Hypotheses from each point's few nearest neighbours (Algorithm 1, and the earlier
+robust mode) fail among spurious candidates (bright puncta in cells): corresponding
+beads are rarely each other's nearest neighbours there. :func:`constellation_register`
+matches *triangles* (a point and two of its
 ``neighbours`` nearest neighbours) in both images, so a true triangle survives a few
 interleaved distractors. Points are (x, y) in um; the transform maps the moving (source)
 candidates onto the fixed (target) ones.
@@ -43,21 +43,23 @@ candidates onto the fixed (target) ones.
    ``keep_per_triangle`` best hypotheses of each source triangle; source triangles go
    in a seeded random order, in batches, until ``max_hypotheses`` have been screened.
 5. **Refinement.** The ``n_refine`` best are recomputed exactly
-   (:func:`clemalign.fiducials._affines_from_triplets`) and re-fitted together: least
+   (:func:`clemalign.pointmatch.affines_from_triplets`) and re-fitted together: least
    squares over every source point within its prediction tolerance of its nearest
    target, ``h`` from the current fit, so the accepted zone grows from the triangle to
    the field; the better half goes on each round. Among those whose linear part stays
    within the prior (bounds widened by 5 %), the consensus (source points with a
-   distinct target within ``tolerance_um``) picks the winner, polished as
-   :func:`clemalign.fiducials.robust_register` does: mutual nearest pairs within
-   ``tolerance_um``, :func:`clemalign.fiducials._trim_outlier_pairs`,
-   :func:`clemalign.transforms.fit_affine`, until the pairs stop changing.
+   distinct target within ``tolerance_um``) picks the winner, polished by
+   :func:`clemalign.pointmatch.polish_affine` (mutual nearest pairs within
+   ``tolerance_um``, outlier trim, least squares, until the pairs stop changing).
 
 Nothing here decides whether the match is significant: ``info`` holds the number of
 consistent pairs, the tolerance, the target density and the number of hypotheses tried
-for a test on top. Limits (``benchmarks/constellation_timing.py``): with 20 true pairs
-in a 20 x 20 um field, matches are found reliably up to ~100 candidates per image and
-rarely beyond ~150. With 300 uniformly spread candidates a tolerance of 0.15 um already
+for a test on top (:func:`clemalign.fiducials.robust_match` runs this matcher on the
+most bead-like source candidates and tests each answer).
+Limits (measured with the prototype's timing benchmark): with 20 true pairs among
+uniformly spread candidates in a 20 x 20 um field, matches are found reliably up to ~100
+candidates per image and rarely beyond ~150: the probes near a triangle are then mostly
+distractors. With 300 uniformly spread candidates a tolerance of 0.15 um already
 admits ~16 chance pairs per hypothesis, so 15-20 true pairs no longer stand out.
 """
 
@@ -72,15 +74,13 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError, cKDTree
 
-from .fiducials import (
+from .pointmatch import (
     FiducialError,
     FiducialResult,
-    _affines_from_triplets,
-    _check_points,
-    _trim_outlier_pairs,
-    nearest_pairs,
+    affines_from_triplets,
+    check_points,
+    polish_affine,
 )
-from .transforms import apply, fit_affine
 
 #: Every vertex order of a triangle.
 _ORDERS = np.array(list(permutations(range(3))))
@@ -660,29 +660,6 @@ def _refine(
     return mats, consensus, np.median(dist, axis=1)
 
 
-def _polish(
-    src: np.ndarray, dst: np.ndarray, matrix: np.ndarray, tolerance_um: float, max_iterations: int
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Mutual nearest pairs within the tolerance, outlier trim, least squares, until the
-    pairs stop changing (as :func:`clemalign.fiducials.robust_register`)."""
-    pairs = np.zeros((0, 2), dtype=int)
-    iterations = 0
-    while iterations < max_iterations:
-        iterations += 1
-        new_pairs = nearest_pairs(apply(matrix, src), dst, tolerance_um, mutual=True)
-        if len(new_pairs) < 3:
-            raise FiducialError(
-                f"refinement lost the correspondences: {len(new_pairs)} mutual nearest "
-                f"pairs within {tolerance_um} um"
-            )
-        new_pairs = _trim_outlier_pairs(src, dst, new_pairs)
-        if np.array_equal(new_pairs, pairs):
-            break
-        pairs = new_pairs
-        matrix = fit_affine(src[pairs[:, 0]], dst[pairs[:, 1]])
-    return matrix, pairs, iterations
-
-
 # ------------------------------------------------------------------------- driver
 
 
@@ -694,6 +671,7 @@ def constellation_register(
     max_anisotropy: float = 1.3,
     tolerance_um: float = 0.2,
     neighbours: int = 16,
+    target_neighbours: int | None = None,
     min_side_um: float | None = None,
     max_side_um: float | None = None,
     allow_mirror: bool = True,
@@ -722,6 +700,10 @@ def constellation_register(
         Distance (um) within which a mapped source point and a target are consistent.
     neighbours : int
         Triangles join each point with two of this many nearest neighbours.
+    target_neighbours : int, optional
+        The same in the target (default ``neighbours``); more when the source holds only
+        the most bead-like candidates, so that the partners of a source point's
+        neighbours are among its partner's neighbours.
     min_side_um, max_side_um : float, optional
         Accepted triangle sides, um (default ``2 * tolerance_um`` and unbounded).
     allow_mirror : bool
@@ -765,8 +747,8 @@ def constellation_register(
         Fewer than 3 or collinear candidates, no triangles, no admissible hypothesis,
         or no hypothesis with 3 consistent pairs.
     """
-    src = _check_points(src_um, "source (EM)")
-    dst = _check_points(dst_um, "target (LM)")
+    src = check_points(src_um, "source (EM)")
+    dst = check_points(dst_um, "target (LM)")
     prior = _Prior(
         float(scale_range[0]), float(scale_range[1]), float(max_anisotropy), allow_mirror
     )
@@ -777,7 +759,9 @@ def constellation_register(
     spread = prior.scale_hi * prior.anisotropy
     tri_d, g_d = _target_orders(
         dst,
-        neighbour_triangles(dst, neighbours, min_side / spread, max_side * spread),
+        neighbour_triangles(
+            dst, target_neighbours or neighbours, min_side / spread, max_side * spread
+        ),
         log_aniso + 0.1,
     )
     if not len(tri_s) or not len(tri_d):
@@ -817,7 +801,7 @@ def constellation_register(
         )
     best = np.argsort(-score[row, col], kind="stable")[:n_refine]
     s_tri, d_tri = tri_s[order[row[best]]], index.tri[entry[row[best], col[best]]]
-    mats, valid = _affines_from_triplets(src[s_tri], dst[d_tri])
+    mats, valid = affines_from_triplets(src[s_tri], dst[d_tri])
     verts = np.concatenate([src[s_tri], np.ones((len(s_tri), 3, 1))], axis=2)[valid]
     cinv = np.linalg.inv(np.einsum("rki,rkj->rij", verts, verts))
     mats, consensus, median_um = _refine(src, dst, mats[valid], cinv, tolerance_um, refine_rounds)
@@ -841,6 +825,6 @@ def constellation_register(
             f"no consistent hypothesis among {n_hyp} screened: the best explains "
             f"{consensus[win]} of {len(src)} source points within {tolerance_um} um (need 3)"
         )
-    matrix, pairs, iterations = _polish(src, dst, mats[win], tolerance_um, max_polish)
+    matrix, pairs, iterations = polish_affine(src, dst, mats[win], tolerance_um, max_polish)
     info.update(n_consistent=len(pairs), iterations=iterations)
     return FiducialResult(matrix, pairs, float(median_um[win]), n_hyp, "constellation", info)

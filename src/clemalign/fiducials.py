@@ -13,11 +13,12 @@ compare directly. The moving (source) image is the electron micrograph, the fixe
   closest ``r``; the neighbour triplets give an affine; the hypothesis with the least
   median nearest-target distance wins; a least-squares affine over the correspondences
   it implies refines it (``refine=False`` is the baseline of reference [5]).
-* :func:`robust_register`: beyond the paper. Hypotheses from several neighbour
-  combinations (not only the similarity-invariant ratio of the two nearest), verified
-  by consensus (inlier count), then refined by iterated mutual-nearest-neighbour
-  least squares within a tolerance. Registers shear and anisotropic scale (10 %) and
-  tolerates missing and spurious beads.
+* :func:`robust_match`: beyond the paper. Local constellations (triangles of
+  neighbouring candidates, :mod:`clemalign.constellation`) from the most bead-like
+  source candidates, verified by consensus, polished by iterated mutual-nearest-
+  neighbour least squares, each answer tested against chance (:func:`check_match`).
+  Registers tilt (anisotropy up to 1.35), mirror and shear among hundreds of
+  bead-like distractors and tolerates missing beads.
 * :func:`predicted_tre_um`: fiducial registration error and the predicted target
   registration error of an affine least-squares fit (Fitzpatrick's analysis, for the
   affine model).
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from itertools import permutations
 
 import numpy as np
 import pandas as pd
@@ -36,17 +36,25 @@ from scipy.optimize import least_squares
 from scipy.spatial import cKDTree
 from skimage import filters, measure, morphology
 
-from .errors import ClemalignError
+from .constellation import constellation_register
 from .metrics import landmark_errors_um, mae_std
+from .pointmatch import (
+    FiducialError,
+    FiducialResult,
+    affines_from_triplets,
+    check_points,
+    nearest_pairs,
+    polish_affine,
+)
 from .settings import merge_params
-from .significance import DEFAULT_PLAUSIBLE, DEFAULT_SIGNIFICANCE, MatchCheck, assess_match
+from .significance import (
+    DEFAULT_PLAUSIBLE,
+    DEFAULT_SIGNIFICANCE,
+    TOLERANCE_FRACTIONS,
+    MatchCheck,
+    assess_match,
+)
 from .transforms import Transform, apply, fit_affine, px_to_um, rc_px_to_xy_um, um_to_px
-
-
-class FiducialError(ClemalignError):
-    """Registration from fiducials is impossible on this input (too few beads,
-    collinear beads, no consistent hypothesis); the message says what was found."""
-
 
 # ------------------------------------------------------------------------- detection
 
@@ -286,52 +294,6 @@ def gaussian_centres(
 # ------------------------------------------------------------------------- matching
 
 
-@dataclass
-class FiducialResult:
-    """A transform found from fiducials, with what supports it.
-
-    Attributes
-    ----------
-    matrix : ndarray, shape (3, 3)
-        Moving (source) um -> fixed (target) um.
-    pairs : ndarray, shape (M, 2) of int
-        Indices (source, target) of the correspondences the final fit used.
-    hypothesis_error_um : float
-        Median nearest-target distance of the winning hypothesis (Algorithm 1's score).
-    n_hypotheses : int
-        Hypotheses evaluated.
-    method : str
-        ``algorithm1``, ``gaussian_baseline`` or ``robust``.
-    info : dict
-        Method-specific details (inlier counts, iterations).
-    """
-
-    matrix: np.ndarray
-    pairs: np.ndarray
-    hypothesis_error_um: float
-    n_hypotheses: int
-    method: str
-    info: dict = field(default_factory=dict)
-
-
-def _check_points(points: np.ndarray, role: str) -> np.ndarray:
-    pts = np.asarray(points, dtype=float).reshape(-1, 2)
-    if len(pts) < 3:
-        listed = np.round(pts, 3).tolist()
-        raise FiducialError(
-            f"{len(pts)} beads found in the {role} image (need at least 3): {listed} um"
-        )
-    centred = pts - pts.mean(0)
-    sv = np.linalg.svd(centred, compute_uv=False)
-    if sv[-1] <= 1e-6 * max(sv[0], 1e-12):
-        raise FiducialError(
-            f"all {len(pts)} beads of the {role} image are collinear "
-            f"(from {np.round(pts.min(0), 3).tolist()} to "
-            f"{np.round(pts.max(0), 3).tolist()} um); an affine is not determined"
-        )
-    return pts
-
-
 def neighbour_ratios(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Ratio ``r = d1 / d2`` of each point's two nearest-neighbour distances.
 
@@ -345,40 +307,10 @@ def neighbour_ratios(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return dist[:, 1] / np.maximum(dist[:, 2], 1e-12), idx[:, 1:3]
 
 
-def _affines_from_triplets(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Batch exact affines from point triplets: src, dst (H, 3, 2) -> (H, 3, 3), valid mask."""
-    design = np.concatenate([src, np.ones(src.shape[:2] + (1,))], axis=2)  # (H, 3, 3)
-    area = np.abs(np.linalg.det(design))
-    scale = np.maximum(np.abs(src - src.mean(1, keepdims=True)).max(axis=(1, 2)), 1e-12)
-    valid = area > 1e-3 * scale**2
-    mats = np.zeros((len(src), 3, 3))
-    mats[:, 2, 2] = 1.0
-    if valid.any():
-        sol = np.linalg.solve(design[valid], dst[valid])  # (h, 3, 2): rows a, b, t
-        mats[valid, :2, :] = np.transpose(sol, (0, 2, 1))
-    return mats, valid
-
-
 def _score_median(mats: np.ndarray, src: np.ndarray, tree: cKDTree) -> np.ndarray:
     moved = np.einsum("hij,nj->hni", mats[:, :2, :2], src) + mats[:, None, :2, 2]
     dist, _ = tree.query(moved.reshape(-1, 2))
     return np.median(dist.reshape(len(mats), len(src)), axis=1)
-
-
-def nearest_pairs(
-    moved: np.ndarray, dst: np.ndarray, tolerance_um: float, mutual: bool = False
-) -> np.ndarray:
-    """Correspondences (i, j): target j nearest to moved source i, closer than tolerance.
-
-    With ``mutual`` only pairs that are each other's nearest neighbours are kept.
-    """
-    dist, j = cKDTree(dst).query(moved)
-    keep = dist < tolerance_um
-    if mutual:
-        _, back = cKDTree(moved).query(dst)
-        keep &= back[j] == np.arange(len(moved))
-    i = np.flatnonzero(keep)
-    return np.stack([i, j[keep]], axis=1)
 
 
 def algorithm1(
@@ -411,8 +343,8 @@ def algorithm1(
     FiducialError
         Fewer than 3 landmarks, collinear landmarks, or no valid hypothesis.
     """
-    src = _check_points(src_um, "source (EM)")
-    dst = _check_points(dst_um, "target (LM)")
+    src = check_points(src_um, "source (EM)")
+    dst = check_points(dst_um, "target (LM)")
     r_src, nb_src = neighbour_ratios(src)
     r_dst, nb_dst = neighbour_ratios(dst)
     n_cand = min(n_candidates, len(dst))
@@ -421,7 +353,7 @@ def algorithm1(
     j = cand.ravel()
     tri_src = np.stack([src[i], src[nb_src[i, 0]], src[nb_src[i, 1]]], axis=1)
     tri_dst = np.stack([dst[j], dst[nb_dst[j, 0]], dst[nb_dst[j, 1]]], axis=1)
-    mats, valid = _affines_from_triplets(tri_src, tri_dst)
+    mats, valid = affines_from_triplets(tri_src, tri_dst)
     if not valid.any():
         raise FiducialError(
             f"no consistent hypothesis: every neighbour triplet of the "
@@ -444,136 +376,101 @@ def algorithm1(
     return FiducialResult(matrix, pairs, float(errors[best]), int(valid.sum()), method)
 
 
-def robust_register(
+def robust_match(
     src_um: np.ndarray,
     dst_um: np.ndarray,
-    neighbours: int = 4,
-    ratio_tolerance: float = 0.25,
-    max_anisotropy: float = 1.35,
-    tolerance_um: float = 0.2,
-    max_iterations: int = 20,
+    settings: dict,
+    check_tolerance_um: float,
+    target_field_um: tuple[float, float],
 ) -> FiducialResult:
-    """Consensus registration that does not rely on the similarity-invariant ratio.
+    """The robust mode: constellation matching that holds in crowds, tilt and mirror.
 
-    Hypotheses come from every source landmark ``i`` and target ``j`` with ordered
-    pairs ``(a, b)`` and ``(c, d)`` among their ``neighbours`` nearest neighbours whose
-    distance ratios ``d(i,a)/d(i,b)`` and ``d(j,c)/d(j,d)`` agree within
-    ``ratio_tolerance`` (relative): tolerant enough for shear and anisotropic scale of
-    10 %. Each triplet gives an affine; affines whose singular values differ by more
-    than ``max_anisotropy`` are dropped; the rest are scored by consensus (source
-    landmarks within ``tolerance_um`` of a target), ties broken by median distance.
-    The winner is refined by least squares over mutual nearest neighbours within the
-    tolerance, less pairs whose residual exceeds 3.5 x the median (a spurious blob next
-    to a bead the other image lacks), re-matched and re-fitted until the
-    correspondences stop changing.
+    Bright spots that are not beads (puncta, debris) outnumber the beads in both images
+    of a real sample. Each attempt of ``settings["attempts"]`` runs
+    :func:`clemalign.constellation.constellation_register` from the ``candidates`` most
+    bead-like source candidates (``src_um`` is sorted by bead-likeness, as
+    :func:`detect_beads` returns it) to every target candidate, polishes the answer
+    with all source candidates (:func:`clemalign.pointmatch.polish_affine`) and tests
+    it (:func:`check_match`). The first significant and plausible answer is returned;
+    when none is, the one with the smallest number of false alarms. The hypotheses of
+    every attempt tried count in ``n_hypotheses`` (the multiple-testing count).
 
     Parameters
     ----------
-    src_um, dst_um : ndarray
-        Source (moving) and target (fixed) landmarks, (x, y) um.
-    neighbours : int
-        Neighbourhood size for hypotheses.
-    ratio_tolerance : float
-        Allowed relative difference of the distance ratios.
-    max_anisotropy : float
-        Largest accepted ratio of the linear part's singular values.
-    tolerance_um : float
-        Inlier distance, um.
-    max_iterations : int
-        Cap on the refinement loop (it normally stops after 2-3).
+    src_um, dst_um : ndarray, shape (N, 2), (M, 2)
+        Source (moving, most bead-like first) and target candidates, (x, y) um.
+    settings : dict
+        ``fiducials.robust``: ``tolerance_um``, ``neighbours`` and ``attempts`` (each
+        ``candidates`` and optionally ``target_neighbours`` and ``tolerance_um``), plus
+        ``scale_range``, ``max_anisotropy`` (the plausible affine) and
+        ``significance``.
+    check_tolerance_um : float
+        Largest correspondence distance of the significance test, um.
+    target_field_um : (float, float)
+        Width and height of the target image, um.
 
     Returns
     -------
     FiducialResult
+        ``method="robust"``; ``info`` adds ``attempt`` (0-based index of the answer)
+        and ``attempts_tried``.
+
+    Raises
+    ------
+    FiducialError
+        Every attempt failed to produce a transform (the last attempt's reason).
     """
-    src = _check_points(src_um, "source (EM)")
-    dst = _check_points(dst_um, "target (LM)")
-    k = min(neighbours, len(src) - 1, len(dst) - 1)
-    d_s, n_s = cKDTree(src).query(src, k=k + 1)
-    d_t, n_t = cKDTree(dst).query(dst, k=k + 1)
-    combos = np.array(list(permutations(range(1, k + 1), 2)))  # ordered neighbour pairs
-    ratio_s = np.log(d_s[:, combos[:, 0]] / np.maximum(d_s[:, combos[:, 1]], 1e-12))  # (Ns, C)
-    ratio_t = np.log(d_t[:, combos[:, 0]] / np.maximum(d_t[:, combos[:, 1]], 1e-12))  # (Nt, C)
-    tree = cKDTree(dst)
-    best = (-1, np.inf, None)
-    n_hyp = 0
-    for i in range(len(src)):
-        # (Nt, C_src, C_dst) compatibility of ratio i's combos with every target's combos
-        ok = np.abs(ratio_s[i][None, :, None] - ratio_t[:, None, :]) < ratio_tolerance
-        jj, cs, ct = np.nonzero(ok)
-        if not len(jj):
-            continue
-        tri_src = np.stack(
-            [
-                np.broadcast_to(src[i], (len(jj), 2)),
-                src[n_s[i, combos[cs, 0]]],
-                src[n_s[i, combos[cs, 1]]],
-            ],
-            axis=1,
-        )
-        tri_dst = np.stack(
-            [dst[jj], dst[n_t[jj, combos[ct, 0]]], dst[n_t[jj, combos[ct, 1]]]], axis=1
-        )
-        mats, valid = _affines_from_triplets(tri_src, tri_dst)
-        sv = np.linalg.svd(mats[:, :2, :2], compute_uv=False)
-        valid &= sv[:, 0] <= max_anisotropy * np.maximum(sv[:, 1], 1e-12)
-        if not valid.any():
-            continue
-        mats = mats[valid]
-        n_hyp += len(mats)
-        moved = np.einsum("hij,nj->hni", mats[:, :2, :2], src) + mats[:, None, :2, 2]
-        dist, _ = tree.query(moved.reshape(-1, 2))
-        dist = dist.reshape(len(mats), len(src))
-        inliers = (dist < tolerance_um).sum(axis=1)
-        med = np.median(dist, axis=1)
-        h = int(np.lexsort((med, -inliers))[0])
-        if inliers[h] > best[0] or (inliers[h] == best[0] and med[h] < best[1]):
-            best = (int(inliers[h]), float(med[h]), mats[h])
-    if best[2] is None or best[0] < 3:
-        raise FiducialError(
-            f"no consistent hypothesis among {n_hyp} candidates: the best "
-            f"explains {max(best[0], 0)} of {len(src)} source beads within "
-            f"{tolerance_um} um (need 3)"
-        )
-    matrix = best[2]
-    pairs = np.zeros((0, 2), dtype=int)
-    iterations = 0
-    while iterations < max_iterations:
-        iterations += 1
-        new_pairs = nearest_pairs(apply(matrix, src), dst, tolerance_um, mutual=True)
-        if len(new_pairs) < 3:
-            raise FiducialError(
-                f"refinement lost the correspondences: {len(new_pairs)} mutual "
-                f"nearest pairs within {tolerance_um} um"
+    src = check_points(src_um, "source (EM)")
+    dst = check_points(dst_um, "target (LM)")
+    plausible = {k: settings[k] for k in ("scale_range", "max_anisotropy")}
+    best, best_nfa, total, error = None, np.inf, 0, None
+    for k, attempt in enumerate(settings["attempts"]):
+        tolerance = float(attempt.get("tolerance_um", settings["tolerance_um"]))
+        try:
+            res = constellation_register(
+                src[: int(attempt["candidates"])],
+                dst,
+                scale_range=tuple(plausible["scale_range"]),
+                max_anisotropy=float(plausible["max_anisotropy"]),
+                tolerance_um=tolerance,
+                neighbours=int(settings["neighbours"]),
+                target_neighbours=attempt.get("target_neighbours"),
             )
-        new_pairs = _trim_outlier_pairs(src, dst, new_pairs)
-        if np.array_equal(new_pairs, pairs):
+            matrix, pairs, _ = polish_affine(src, dst, res.matrix, tolerance)
+        except FiducialError as err:
+            error = err
+            continue
+        total += res.n_hypotheses
+        res = FiducialResult(
+            matrix,
+            pairs,
+            res.hypothesis_error_um,
+            total,
+            "robust",
+            {
+                **{key: v for key, v in res.info.items() if key != "n_hypotheses"},
+                "attempt": k,
+                "attempts_tried": k + 1,
+            },
+        )
+        check = check_match(res, src, dst, check_tolerance_um, target_field_um)
+        if check.log10_nfa < best_nfa:
+            best, best_nfa = res, check.log10_nfa
+        if check.status(settings["significance"], plausible) == "ok":
             break
-        pairs = new_pairs
-        matrix = fit_affine(src[pairs[:, 0]], dst[pairs[:, 1]])
-    return FiducialResult(
-        matrix,
-        pairs,
-        best[1],
-        n_hyp,
-        "robust",
-        {"inliers_of_hypothesis": best[0], "iterations": iterations},
-    )
+    if best is None:
+        raise error
+    best.n_hypotheses = total
+    best.info["attempts_tried"] = k + 1
+    return best
 
 
-def _trim_outlier_pairs(
-    src: np.ndarray, dst: np.ndarray, pairs: np.ndarray, factor: float = 3.5
-) -> np.ndarray:
-    """Drop pairs whose residual under their own affine fit exceeds ``factor`` x the
-    median residual: for Gaussian localisation errors the distances are Rayleigh
-    distributed and 3.5 x the median is beyond their 99.9 % quantile, so only pairs
-    that do not belong (a spurious blob next to an unmatched bead) go."""
-    if len(pairs) <= 4:
-        return pairs
-    fit = fit_affine(src[pairs[:, 0]], dst[pairs[:, 1]])
-    res = np.hypot(*(apply(fit, src[pairs[:, 0]]) - dst[pairs[:, 1]]).T)
-    keep = res <= max(factor * np.median(res), 1e-9)
-    return pairs[keep] if keep.sum() >= 3 else pairs
+def robust_settings(settings: dict | None = None) -> dict:
+    """The ``settings`` argument of :func:`robust_match` from fiducial settings
+    (overrides of :data:`DEFAULT_FIDUCIAL_SETTINGS`): ``robust``, the plausible affine
+    and the significance thresholds in one dict."""
+    s = merge_params(DEFAULT_FIDUCIAL_SETTINGS, settings)
+    return {**s["robust"], **s["plausible_affine"], "significance": s["significance"]}
 
 
 # ------------------------------------------------------------------------ error model
@@ -640,7 +537,15 @@ DEFAULT_FIDUCIAL_SETTINGS: dict = {
     "databar": "auto",
     "n_candidates": 3,
     "tolerance_um": 0.2,
-    "robust": {"neighbours": 4, "ratio_tolerance": 0.25},
+    "robust": {
+        "tolerance_um": 0.1,
+        "neighbours": 16,
+        "attempts": [
+            {"candidates": 60},
+            {"candidates": 100, "tolerance_um": 0.06},
+            {"candidates": 40, "target_neighbours": 32},
+        ],
+    },
     "plausible_affine": DEFAULT_PLAUSIBLE,
     "significance": DEFAULT_SIGNIFICANCE,
 }
@@ -792,13 +697,7 @@ def register_fiducial_case(
         "robust": (
             em_beads.xy_um,
             lm_beads.xy_um,
-            lambda a, b: robust_register(
-                a,
-                b,
-                tolerance_um=tol,
-                max_anisotropy=s["plausible_affine"]["max_anisotropy"],
-                **s["robust"],
-            ),
+            lambda a, b: robust_match(a, b, robust_settings(s), tol, lm_field_um),
         ),
     }
     outcomes = {}
@@ -851,8 +750,14 @@ def check_match(
     """Significance and plausibility of a method's transform (:mod:`clemalign.significance`).
 
     The consistent pairs are counted the same way for every method: mutual nearest
-    neighbours within ``tolerance_um`` under the final transform. The multiple-testing
-    count is the method's number of hypotheses.
+    neighbours within a tolerance under the final transform whose residual stays
+    within it when the pair is left out of a least-squares fit (residual / (1 - h),
+    ``h`` its leverage): the final fit was adjusted to its pairs, and a few chance
+    pairs it pulled in would otherwise look consistent. As in ORSA, the tolerance
+    is chosen where the number of false alarms is smallest among
+    :data:`clemalign.significance.TOLERANCE_FRACTIONS` of ``tolerance_um``; the
+    multiple-testing count is the method's number of hypotheses times the number of
+    tolerances tried.
 
     Parameters
     ----------
@@ -861,21 +766,43 @@ def check_match(
     src_um, dst_um : ndarray
         All candidates of the source (moving) and target (fixed) image, (x, y) um.
     tolerance_um : float
-        Correspondence distance, um.
+        Largest correspondence distance, um.
     target_field_um : (float, float)
         Width and height of the target image, um.
 
     Returns
     -------
     MatchCheck
+        At the tolerance with the smallest NFA (``MatchCheck.tolerance_um``).
     """
-    consistent = nearest_pairs(apply(result.matrix, src_um), dst_um, tolerance_um, mutual=True)
-    return assess_match(
-        result.matrix,
-        src_um,
-        dst_um,
-        len(consistent),
-        result.n_hypotheses,
-        tolerance_um,
-        target_field_um,
-    )
+    src = np.asarray(src_um, dtype=float).reshape(-1, 2)
+    dst = np.asarray(dst_um, dtype=float).reshape(-1, 2)
+    moved = apply(result.matrix, src)
+    n_tests = max(result.n_hypotheses, 1) * len(TOLERANCE_FRACTIONS)
+    checks = []
+    for fraction in TOLERANCE_FRACTIONS:
+        eps = fraction * tolerance_um
+        pairs = nearest_pairs(moved, dst, eps, mutual=True)
+        residual = np.hypot(*(moved[pairs[:, 0]] - dst[pairs[:, 1]]).T)
+        with np.errstate(divide="ignore"):  # 3 pairs or fewer: none holds out
+            held_out = residual / (1.0 - _leverage(src[pairs[:, 0]]))
+        n_consistent = int(np.sum(held_out < eps))
+        checks.append(
+            assess_match(result.matrix, src, dst, n_consistent, n_tests, eps, target_field_um)
+        )
+    return min(checks, key=lambda c: (c.log10_nfa, -c.tolerance_um))
+
+
+def _leverage(points: np.ndarray) -> np.ndarray:
+    """Diagonal of the hat matrix of an affine least-squares fit on ``points`` (N, 2):
+    a pair's residual divided by ``1 - h`` is its residual when it is left out of the
+    fit. 1 (no pair held out counts) for 3 points or fewer or a degenerate design."""
+    n = len(points)
+    if n <= 3:
+        return np.ones(n)
+    design = np.column_stack([points, np.ones(n)])
+    gram = design.T @ design
+    if np.linalg.cond(gram) > 1e12:
+        return np.ones(n)
+    h = np.einsum("ni,ij,nj->n", design, np.linalg.inv(gram), design)
+    return np.minimum(h, 1.0 - 1e-12)

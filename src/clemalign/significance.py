@@ -13,6 +13,11 @@ two checks:
   ``N_tests`` is the number of hypotheses the method tried. ``NFA`` is the number of
   matches this good that chance would produce among the method's own tries: far below
   1 means the match is real; about 1 or above means chance explains it.
+  As in ORSA, the tolerance is not fixed in advance: ``eps`` is tried at
+  :data:`TOLERANCE_FRACTIONS` of the configured tolerance (beads are often localised far
+  better than it, and in a crowd a loose tolerance lets chance pairs drown true ones),
+  the smallest NFA wins, and ``N_tests`` is multiplied by the number of tolerances
+  tried (Bonferroni).
 * **Sanity**: both images are in um, so the true linear part has singular values near
   1 (the scale the two pixel sizes imply); a collapsed or strongly anisotropic affine
   is rejected whatever its consensus.
@@ -38,6 +43,8 @@ DEFAULT_SIGNIFICANCE: dict = {"min_pairs": 4, "nfa_ok": 0.01, "nfa_failed": 1.0}
 DEFAULT_PLAUSIBLE: dict = {"scale_range": [0.75, 1.35], "max_anisotropy": 1.35}
 
 _MINIMAL_SAMPLE = 3  # pairs that define an affine: consistent by construction
+#: Tolerances tried by the significance test, as fractions of the configured one.
+TOLERANCE_FRACTIONS: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ class MatchCheck:
     Attributes
     ----------
     n_consistent : int
-        Mutual nearest pairs within the tolerance under the transform.
+        Mutual nearest pairs within ``tolerance_um`` under the transform.
     n_source_inside : int
         Source points that the transform maps inside the target field.
     n_target : int
@@ -61,6 +68,8 @@ class MatchCheck:
         log10 of the number of false alarms (see the module docstring).
     singular_values : tuple of float
         Of the linear part (um / um), largest first.
+    tolerance_um : float
+        The tolerance (um) at which the NFA is smallest (the numbers above are at it).
     """
 
     n_consistent: int
@@ -70,6 +79,7 @@ class MatchCheck:
     expected_by_chance: float
     log10_nfa: float
     singular_values: tuple[float, float]
+    tolerance_um: float = float("nan")
 
     def record(self) -> dict:
         """The numbers, JSON-ready."""
@@ -89,7 +99,8 @@ class MatchCheck:
             return f"failed: {problem}"
         support = (
             f"{self.n_consistent} consistent bead pairs of {self.n_source_inside} "
-            f"(chance gives {self.expected_by_chance:.1f}; NFA 10^{self.log10_nfa:.1f})"
+            f"within {self.tolerance_um:.3g} um (chance gives {self.expected_by_chance:.1f}; "
+            f"NFA 10^{self.log10_nfa:.1f})"
         )
         if self.n_consistent < s["min_pairs"]:
             return f"failed: {support}, need at least {s['min_pairs']} pairs"
@@ -184,4 +195,5 @@ def assess_match(
         expected_by_chance=inside * p,
         log10_nfa=log10_nfa(inside, int(n_consistent), p, n_tests),
         singular_values=(float(sv[0]), float(sv[1])),
+        tolerance_um=float(tolerance_um),
     )
