@@ -72,3 +72,19 @@ def test_a_16_bit_z_stack_becomes_its_maximum_projection_or_a_slice(tmp_path):
     assert project_z(np.zeros((40, 50, 3)), "YXS").shape == (40, 50, 3)
     with pytest.raises(ValueError, match="z slice 7"):
         project_z(stack, "ZYX", 7)
+
+
+def test_crowded_synthetic_cases_are_named_and_numbered_from_their_names():
+    from clemalign.cases import synthetic_cases, synthetic_number
+
+    config = {"synthetic": {"analogy": {"n_cases": 1}, "fiducial": {"views": [{}], "n_crowded": 2}}}
+    names = {c.name: c.track for c in synthetic_cases(config)}
+    assert names == {
+        "tem01": "analogy",
+        "sem01": "fiducial",
+        "crowd01": "fiducial",
+        "crowd02": "fiducial",
+    }
+    assert synthetic_number("crowd02") == 1
+    with pytest.raises(ValueError, match="crowdNN"):
+        synthetic_number("crowd")

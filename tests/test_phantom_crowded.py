@@ -94,3 +94,15 @@ def test_unrelated_pair(stress_case, tmp_path) -> None:
     paths = pair.write(str(tmp_path / pair.name))
     assert len(read_landmarks(paths["landmarks"])) == 0
     assert read_json(paths["ground_truth"])["transform"] is None
+
+
+def test_default_crowded_case_is_gold_crowded_and_deterministic() -> None:
+    """The default dataset's crowd01: the gold recipe (the workflow's bead settings
+    apply), many more candidates than beads, the same images for the same seed."""
+    from clemalign.phantom.crowded import make_crowded_case
+
+    a, b = make_crowded_case(2012, 0), make_crowded_case(2012, 0)
+    assert a.name == "crowd01" and a.ground_truth["bead_diameter_nm"] == 100.0
+    assert a.lm_px_per_um == pytest.approx(25.0)  # 40 nm confocal pixels
+    assert 15 <= len(a.landmarks) <= 40
+    assert np.array_equal(a.em, b.em) and np.array_equal(a.lm, b.lm)

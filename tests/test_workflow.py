@@ -76,11 +76,12 @@ ANALOGY += [
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory) -> tuple[Path, Path]:
-    """The tiny config run twice, in two folders: the two results folders."""
+    """The tiny config run twice, in two folders, on 2 cores (a) and 1 core (b): the two
+    results folders."""
     root = tmp_path_factory.mktemp("tiny")
     runs = []
-    for name in ("a", "b"):
-        result = snakemake(root / name, config=TINY)
+    for name, cores in (("a", "2"), ("b", "1")):
+        result = snakemake(root / name, "--cores", cores, config=TINY)
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(root / name / "out")
     return runs[0], runs[1]
@@ -145,8 +146,12 @@ def test_tiny_run_produces_every_output_deterministically(tiny_runs):
     assert len(capture) == 40 and set(capture["protocol"]) == {"standard", "wide"}
     assert (capture.loc[capture["protocol"] == "wide", "trials"] == 1).all()
     assert (capture.loc[capture["protocol"] == "standard", "trials"] == 2).all()
-    # Same config and seed, other folder: identical data, images and tables.
+    # Same config and seed, other folder, 1 core instead of 2: identical data, images
+    # and tables (every table file).
+    tables = sorted(p.relative_to(a).as_posix() for p in (a / "tables").iterdir())
+    assert len(tables) >= 11
     for rel in (
+        *tables,
         "tables/prediction_quality.csv",
         "tables/table2_registration_long.csv",
         "tables/capture_range_trials.csv",

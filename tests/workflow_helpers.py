@@ -31,6 +31,7 @@ synthetic:
   fiducial:
     confocal_size_px: 200
     n_beads: 20
+    n_crowded: 0
     views:
       - {px_nm: 25, size_px: [240, 240], rotation_deg: 10.0, scale: [1.0, 1.0], shear: 0.0,
          mirror: true}

@@ -542,8 +542,9 @@ DEFAULT_FIDUCIAL_SETTINGS: dict = {
         "neighbours": 16,
         "attempts": [
             {"candidates": 60},
-            {"candidates": 100, "tolerance_um": 0.06},
+            {"candidates": 60, "tolerance_um": 0.04},
             {"candidates": 40, "target_neighbours": 32},
+            {"candidates": 40, "target_neighbours": 32, "tolerance_um": 0.04},
         ],
     },
     "plausible_affine": DEFAULT_PLAUSIBLE,
@@ -784,7 +785,7 @@ def check_match(
         eps = fraction * tolerance_um
         pairs = nearest_pairs(moved, dst, eps, mutual=True)
         residual = np.hypot(*(moved[pairs[:, 0]] - dst[pairs[:, 1]]).T)
-        with np.errstate(divide="ignore"):  # 3 pairs or fewer: none holds out
+        with np.errstate(divide="ignore", invalid="ignore"):  # 3 pairs or fewer: none holds
             held_out = residual / (1.0 - _leverage(src[pairs[:, 0]]))
         n_consistent = int(np.sum(held_out < eps))
         checks.append(

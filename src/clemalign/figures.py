@@ -179,7 +179,7 @@ def fiducial_figure(
     result: object,
     landmarks: pd.DataFrame,
     errors_nm: dict[str, tuple[float, float]],
-    method: str = "algorithm1",
+    method: str | None = None,
 ) -> None:
     """The paper's Fig. 2 for one case, plus the predicted TRE map and the error bars.
 
@@ -202,10 +202,13 @@ def fiducial_figure(
         Evaluation landmarks (um; em and lm frames).
     errors_nm : dict
         method -> (MAE, STD) in nm (NaN for a failed method).
-    method : str
-        Method whose transform panels (c)-(e) show.
+    method : str, optional
+        Method whose transform panels (c)-(e) show; default the first ``ok`` one in
+        table order (Algorithm 1 unless it failed), else the first.
     """
-
+    if method is None:
+        ok = [m for m, o in result.outcomes.items() if o.status == "ok"]
+        method = ok[0] if ok else next(iter(result.outcomes))
     outcome = result.outcomes[method]
     fig = Figure(figsize=(16, 10.5))
     ax = fig.subplots(2, 3).ravel()
@@ -225,8 +228,9 @@ def fiducial_figure(
         _failure_panels(ax[2:5], f"{method}\n{outcome.status}")
     words = {m: o.status.split(":", 1)[0] for m, o in result.outcomes.items()}
     _errors_panel(ax[5], errors_nm, words)
-    if words[method] != "ok":
-        fig.suptitle(f"{method}: {outcome.status}", fontsize=9, wrap=True)
+    notes = [f"{m}: {o.status}" for m, o in result.outcomes.items() if words[m] != "ok"]
+    if notes:
+        fig.suptitle("; ".join(notes) + f"\npanels (c)-(e) show {method}", fontsize=9, wrap=True)
     for a in ax[:5]:
         a.set_xlabel("x (um)")
         a.set_ylabel("y (um)")

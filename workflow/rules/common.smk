@@ -20,7 +20,7 @@ if importlib.util.find_spec("clemalign") is None:
         )
     sys.path.insert(0, SRC)  # parsing needs only clemalign.cases (standard library)
 
-from clemalign.cases import load_cases, synthetic_number
+from clemalign.cases import CROWDED_PREFIX, load_cases, synthetic_number
 from clemalign.errors import ConfigError
 
 R = config["results"]

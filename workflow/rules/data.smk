@@ -39,6 +39,7 @@ rule phantom_fiducial:
         seed=config["seed"],
         index=lambda wc: synthetic_number(wc.case),
         phantom=config["synthetic"]["fiducial"],
+        crowded=lambda wc: wc.case.startswith(CROWDED_PREFIX),
     log:
         f"{R}/logs/phantom_fiducial/{{case}}.log",
     benchmark:
