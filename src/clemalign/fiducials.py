@@ -447,11 +447,7 @@ def robust_match(
             res.hypothesis_error_um,
             total,
             "robust",
-            {
-                **{key: v for key, v in res.info.items() if key != "n_hypotheses"},
-                "attempt": k,
-                "attempts_tried": k + 1,
-            },
+            {**{key: v for key, v in res.info.items() if key != "n_hypotheses"}, "attempt": k},
         )
         check = check_match(res, src, dst, check_tolerance_um, target_field_um)
         if check.log10_nfa < best_nfa:
@@ -751,10 +747,11 @@ def check_match(
     """Significance and plausibility of a method's transform (:mod:`clemalign.significance`).
 
     The consistent pairs are counted the same way for every method: mutual nearest
-    neighbours within a tolerance under the final transform whose residual stays
-    within it when the pair is left out of a least-squares fit (residual / (1 - h),
-    ``h`` its leverage): the final fit was adjusted to its pairs, and a few chance
-    pairs it pulled in would otherwise look consistent. As in ORSA, the tolerance
+    neighbours within a tolerance under the final transform whose residual, divided by
+    ``1 - h`` (``h`` its leverage among those pairs), is still within it: when the
+    transform is the least-squares fit to those pairs (as after a polish), that is the
+    pair's residual under the fit without it. A final fit is adjusted to its pairs,
+    and a few chance pairs it pulled in would otherwise look consistent. As in ORSA, the tolerance
     is chosen where the number of false alarms is smallest among
     :data:`clemalign.significance.TOLERANCE_FRACTIONS` of ``tolerance_um``; the
     multiple-testing count is the method's number of hypotheses times the number of
