@@ -1,5 +1,5 @@
-"""Rule capture_range: one (case, source) registered again from seeded random
-perturbations of its start; does each measure come back to its unperturbed answer?"""
+"""Rule capture_range: a case's sources registered again from seeded random
+perturbations of the start; does each measure come back to its unperturbed answer?"""
 
 import numpy as np
 import pandas as pd
@@ -7,33 +7,25 @@ import pandas as pd
 from clemalign.confidence import ConfidenceLimits, consensus
 from clemalign.evaluation import frame_ground_truth
 from clemalign.io import read_json, read_landmarks
-from clemalign.routes import capture_trials, case_answers, load_registration_images, moving_image
+from clemalign.routes import (
+    capture_trials,
+    case_answers,
+    load_registration_images,
+    moving_image,
+    source_files,
+)
 from clemalign.runner import job
 from clemalign.seeds import rng_for
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
-with job(smk) as log:
-    case, source = smk.wildcards.case, smk.wildcards.source
+
+def trials_of(source, answer, images, agreed, truth, limits):
+    """Every protocol's perturbed registrations of one source, as one table."""
     capture = smk.params.capture
-    images = load_registration_images(
-        case,
-        smk.input.em,
-        smk.input.get("fixed_denoised", smk.input.lm),
-        smk.input.get("predicted"),
-        smk.input.get("uncertainty"),
-    )
-    frame = read_json(smk.input.frame)
-    truth = frame_ground_truth(frame)
-    results = {
-        s: read_json(path) for s, path in zip(smk.params.sources, smk.input.answers, strict=True)
-    }
-    answer = results[source]
     answers = {  # this route's own answers, the targets of "coming back"
         m: np.asarray(r["matrix"]) for m, r in answer["measures"].items() if "matrix" in r
     }
-    limits = ConfidenceLimits.from_config(smk.params.confidence)
-    agreed = consensus(case_answers(results), images.tem.shape, images.px_per_um)
     tables = []
     for protocol in capture["protocols"]:
         # The same perturbations for every source of a case: seeded by case and protocol.
@@ -61,6 +53,22 @@ with job(smk) as log:
     trials.insert(0, "source", source)
     trials.insert(0, "case", case)
     trials.insert(0, "protocol", trials.pop("protocol"))
-    trials.to_csv(smk.output[0], index=False, float_format="%.6f")
-    means = trials.groupby(["protocol", "measure"])[["success", "error_um"]].mean()
-    log.info("\n%s", means.to_string())
+    return trials
+
+
+with job(smk) as log:
+    case = smk.wildcards.case
+    truth = frame_ground_truth(read_json(smk.input.frame))
+    sources = smk.params.sources
+    results = {s: read_json(path) for s, path in zip(sources, smk.input.answers, strict=True)}
+    limits = ConfidenceLimits.from_config(smk.params.confidence)
+    agreed = None
+    for source, output in zip(sources, smk.output, strict=True):
+        files = source_files(source, dict(smk.input.items()))
+        images = load_registration_images(case, smk.input.em, *files)
+        if agreed is None:  # the consensus of every route's answer, on the TEM grid
+            agreed = consensus(case_answers(results), images.tem.shape, images.px_per_um)
+        trials = trials_of(source, results[source], images, agreed, truth, limits)
+        trials.to_csv(output, index=False, float_format="%.6f")
+        means = trials.groupby(["protocol", "measure"])[["success", "error_um"]].mean()
+        log.info("%s\n%s", source, means.to_string())

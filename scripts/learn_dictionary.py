@@ -1,4 +1,5 @@
-"""Rule learn_dictionary: joint TEM/confocal dictionary for one test case (paper eq. 8)."""
+"""Rule learn_dictionary: joint TEM/confocal dictionary of one training set (paper eq. 8),
+shared by the test cases that drew it."""
 
 from clemalign.figures import dictionary_figure
 from clemalign.runner import job
@@ -17,7 +18,7 @@ with job(smk) as log:
         opts["training_alignment"],
     )
     log.info(
-        "training cases %s (TEM %s, confocal raw [0, 1], pairs aligned by %s)",
+        "training set %s (TEM %s, confocal raw [0, 1], pairs aligned by %s)",
         smk.params.training,
         opts["em_intensity"],
         opts["training_alignment"],
@@ -28,7 +29,7 @@ with job(smk) as log:
         n_patches=opts["n_patches"],
         n_atoms=opts["n_atoms"],
         lam=opts["lambda"],
-        rng=rng_for(smk.params.seed, "dictionary", smk.wildcards.case),
+        rng=rng_for(smk.params.seed, "dictionary", smk.wildcards.training),
         tol=opts["dictionary_tol"],
         max_iter=opts["dictionary_max_iter"],
         training_cases=smk.params.training,
@@ -36,6 +37,7 @@ with job(smk) as log:
     )
     dictionary.params = dict(opts)  # the settings as configured
     dictionary.save(smk.output.dictionary)
+    training = smk.wildcards.training
     dictionary_figure(
-        smk.output.figure, dictionary.D1, dictionary.D2, dictionary.patch_size, smk.wildcards.case
+        smk.output.figure, dictionary.D1, dictionary.D2, dictionary.patch_size, training
     )

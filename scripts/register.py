@@ -7,6 +7,7 @@ from clemalign.routes import (
     load_registration_images,
     moving_image,
     register_measures,
+    source_files,
     source_measures,
 )
 from clemalign.runner import job
@@ -18,14 +19,9 @@ smk = snakemake  # noqa: F821 - injected by Snakemake
 with job(smk) as log:
     case, source = smk.wildcards.case, smk.wildcards.source
     opts = smk.params.registration
-    fixed_path = smk.input.get("fixed_denoised", smk.input.lm)
-    images = load_registration_images(
-        case,
-        smk.input.em,
-        fixed_path,
-        smk.input.get("predicted"),
-        smk.input.get("uncertainty"),  # eq. 12: trust where the prediction agrees
-    )
+    # the uncertainty gives eq. 12's weights: trust where the prediction agrees
+    fixed_path, predicted, uncertainty = source_files(source, dict(smk.input.items()))
+    images = load_registration_images(case, smk.input.em, fixed_path, predicted, uncertainty)
     start = Transform.load(smk.input.start).matrix
     measures = source_measures(source, opts["measures"], opts["weighted_ssd"])
     results = register_measures(

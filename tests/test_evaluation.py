@@ -162,6 +162,24 @@ def test_registration_images_share_one_sampling(tmp_path):
         load_registration_images("c1", tmp_path / "em.tif", tmp_path / "lm_coarse.tif")
 
 
+def test_each_source_registers_its_own_files():
+    from clemalign.routes import source_files
+
+    files = {
+        "lm": "lm.tif",
+        "sparse": "sp.tif",
+        "sparse_uncertainty": "unc.tif",
+        "confocal_denoised": "den.tif",
+        "hertzmann": "h.tif",
+    }
+    assert source_files("raw", {"lm": "lm.tif"}) == ("lm.tif", None, None)
+    assert source_files("sparse", files) == ("lm.tif", "sp.tif", "unc.tif")
+    assert source_files("sparse_denoised", files) == ("den.tif", "sp.tif", "unc.tif")
+    assert source_files("hertzmann", files) == ("lm.tif", "h.tif", None)
+    with pytest.raises(ValueError, match="unknown registration source 'tem'"):
+        source_files("tem", files)
+
+
 def test_inverted_tem_blur_is_left_one_out_without_a_psf():
     ppu = 10.0
     rng = np.random.default_rng(0)

@@ -48,7 +48,6 @@ ANALOGY = [
     f"analogy/{case}/{f}"
     for case in ("tem01", "tem02")
     for f in (
-        "dictionary.npz",
         "sparse_predicted.tif",
         "sparse_tem_denoised.tif",
         "sparse_decoupled.tif",
@@ -60,6 +59,8 @@ ANALOGY = [
         "hertzmann_prediction.json",
     )
 ]
+# with one training case each, tem01's training set is tem02 and tem02's is tem01
+ANALOGY += [f"analogy/dictionaries/{t}.npz" for t in ("tem01", "tem02")]
 ANALOGY += [
     f"figures/{kind}/{case}.png"
     for kind in ("dictionaries", "analogy", "registration")

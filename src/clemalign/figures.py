@@ -15,7 +15,6 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from .fiducials import predicted_tre_um
 from .io import landmark_points
 from .transforms import apply, warp_image
 
@@ -328,6 +327,8 @@ def _predicted_tre_panel(
 ) -> None:
     """(e) Predicted TRE (nm) over the em_w x em_h um SEM field, with the matched beads."""
     gx, gy = np.meshgrid(np.linspace(0, em_w, 80), np.linspace(0, em_h, 80))
+    from .fiducials import predicted_tre_um  # lazy: the other figures need no fiducials
+
     tre = predicted_tre_um(
         outcome.pairs_src_um, outcome.fre_um, np.stack([gx.ravel(), gy.ravel()], 1)
     ).reshape(gx.shape)

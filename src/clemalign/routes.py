@@ -91,6 +91,34 @@ class RegistrationImages:
     px_per_um: float
 
 
+def source_files(source: str, files: Mapping[str, str]) -> tuple[str, str | None, str | None]:
+    """The files one source registers, picked from a case's registration inputs.
+
+    Parameters
+    ----------
+    source : str
+        One of :data:`SOURCES`.
+    files : mapping
+        A case's inputs by role: ``lm`` (the confocal crop), and where the sources need
+        them ``sparse`` and ``sparse_uncertainty`` (the sparse prediction and its spread),
+        ``confocal_denoised``, ``hertzmann``.
+
+    Returns
+    -------
+    fixed, predicted, uncertainty : str, str or None, str or None
+        The fixed image (the denoised confocal for ``sparse_denoised``), the moving
+        prediction (None for ``raw``) and the eq. 12 uncertainty (sparse sources only).
+    """
+    if source not in SOURCES:
+        raise ValueError(f"unknown registration source {source!r}; use one of {SOURCES}")
+    fixed = files["confocal_denoised"] if source == "sparse_denoised" else files["lm"]
+    if source == "raw":
+        return fixed, None, None
+    if source == "hertzmann":
+        return fixed, files["hertzmann"], None
+    return fixed, files["sparse"], files["sparse_uncertainty"]
+
+
 def load_registration_images(
     case: str,
     em: str,

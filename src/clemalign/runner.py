@@ -39,7 +39,9 @@ def job(smk: object) -> Iterator[logging.Logger]:
     logging.Logger
         Writes to the rule's log file (and warnings to stderr).
     """
-    case = getattr(smk.wildcards, "case", None) or smk.rule
+    # a dictionary's job is named by its training set (e.g. tem04+tem05)
+    wildcards = smk.wildcards
+    case = getattr(wildcards, "case", None) or getattr(wildcards, "training", None) or smk.rule
     logger = logging.getLogger(f"clemalign.{smk.rule}")
     logger.setLevel(logging.INFO)
     logger.handlers.clear()

@@ -6,23 +6,23 @@ rule learn_dictionary:
     input:
         unpack(training_files),
     output:
-        dictionary=f"{R}/analogy/{{case}}/dictionary.npz",
+        dictionary=f"{R}/analogy/dictionaries/{{training}}.npz",
         figure=report(
-            f"{R}/figures/dictionaries/{{case}}.png",
+            f"{R}/figures/dictionaries/{{training}}.png",
             caption="../report/dictionary_figure.rst",
             category="Image analogies",
-            subcategory="{case}",
+            subcategory="dictionaries",
         ),
     wildcard_constraints:
-        case=constraint(cases_of("analogy")),
+        training=constraint(training_sets()),
     params:
         analogy=settings("analogy", DICTIONARY),
         seed=config["seed"],
-        training=lambda wc: training_cases(wc.case),
+        training=lambda wc: wc.training.split(TRAINING_SEP),
     log:
-        f"{R}/logs/learn_dictionary/{{case}}.log",
+        f"{R}/logs/learn_dictionary/{{training}}.log",
     benchmark:
-        f"{R}/benchmarks/learn_dictionary/{{case}}.tsv"
+        f"{R}/benchmarks/learn_dictionary/{{training}}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -35,7 +35,7 @@ rule learn_dictionary:
 
 rule predict_sparse:
     input:
-        dictionary=f"{R}/analogy/{{case}}/dictionary.npz",
+        dictionary=dictionary_file,
         em=f"{R}/preprocessed/{{case}}/em.tif",
         lm=f"{R}/preprocessed/{{case}}/lm.tif",
     output:
@@ -111,7 +111,7 @@ rule predict_hertzmann:
         analogy=settings("analogy", TRAINING_PAIRS),
         hertzmann=config["hertzmann"],
         seed=config["seed"],
-        training=lambda wc: training_cases(wc.case),
+        training=lambda wc: training_set(wc.case).split(TRAINING_SEP),
     log:
         f"{R}/logs/predict_hertzmann/{{case}}.log",
     benchmark:

@@ -86,13 +86,36 @@ def training_cases(case):
     return sorted(random.Random(f"{config['seed']}:{case}").sample(others, k))
 
 
-def training_files(wildcards):
-    """Preprocessed images and landmarks of a case's training cases."""
-    names = training_cases(wildcards.case)
+TRAINING_SEP = "+"  # case names cannot contain it (cases.schema.yaml)
+
+
+def training_set(case):
+    """Name of a case's training set, e.g. ``tem04+tem05``. A dictionary depends only on
+    its training cases, so test cases drawing the same ones share it (and its seed)."""
+    names = training_cases(case)
     if not names:
-        raise WorkflowError(
-            f"case {wildcards.case}: no other analogy case to train a dictionary on"
-        )
+        raise WorkflowError(f"case {case}: no other analogy case to train a dictionary on")
+    return TRAINING_SEP.join(names)
+
+
+def training_sets():
+    """The distinct training sets of the analogy cases, sorted (none for one case)."""
+    if len(cases_of("analogy")) < 2:
+        return []
+    return sorted({training_set(n) for n in cases_of("analogy")})
+
+
+def dictionary_file(wildcards):
+    return f"{R}/analogy/dictionaries/{training_set(wildcards.case)}.npz"
+
+
+def training_files(wildcards):
+    """Preprocessed images and landmarks of the training cases: those of a dictionary's
+    training set (wildcard ``training``) or of a test case (wildcard ``case``)."""
+    if hasattr(wildcards, "training"):
+        names = wildcards.training.split(TRAINING_SEP)
+    else:
+        names = training_set(wildcards.case).split(TRAINING_SEP)
     return {
         role: [f"{R}/preprocessed/{n}/{role}{ext}" for n in names]
         for role, ext in (("em", ".tif"), ("lm", ".tif"), ("landmarks", ".csv"))
@@ -112,20 +135,25 @@ def registration_sources():
 
 
 def registration_inputs(wildcards):
-    """Images of one (case, source) registration."""
+    """Images of one (case, source) registration, or of every configured source of a case
+    (the capture range: one job per case, as its registrations take a fraction of a
+    second each). A source needs only its own inputs, so the TEM itself is registered even
+    when a prediction could not be made."""
     pre, ana = f"{R}/preprocessed/{wildcards.case}", f"{R}/analogy/{wildcards.case}"
     files = {
         "em": f"{pre}/em.tif",
         "lm": f"{pre}/lm.tif",
         "start": f"{pre}/start_transform.json",
     }
-    if wildcards.source in ("sparse", "sparse_denoised"):
-        files["predicted"] = f"{ana}/sparse_predicted.tif"
-        files["uncertainty"] = f"{ana}/sparse_uncertainty.tif"
-    if wildcards.source == "sparse_denoised":
-        files["fixed_denoised"] = f"{ana}/confocal_denoised.tif"
-    if wildcards.source == "hertzmann":
-        files["predicted"] = f"{ana}/hertzmann_predicted.tif"
+    source = getattr(wildcards, "source", None)
+    sources = [source] if source else registration_sources()
+    if "sparse" in sources or "sparse_denoised" in sources:
+        files["sparse"] = f"{ana}/sparse_predicted.tif"
+        files["sparse_uncertainty"] = f"{ana}/sparse_uncertainty.tif"
+    if "sparse_denoised" in sources:
+        files["confocal_denoised"] = f"{ana}/confocal_denoised.tif"
+    if "hertzmann" in sources:
+        files["hertzmann"] = f"{ana}/hertzmann_predicted.tif"
     return files
 
 
@@ -183,7 +211,7 @@ def all_targets():
         targets.append(f"{R}/tables/table1_fiducials.md")
     if len(cases_of("analogy")) > 1:
         targets.append(f"{R}/tables/prediction_quality.csv")
-        targets += [f"{R}/figures/dictionaries/{n}.png" for n in cases_of("analogy")]
+        targets += [f"{R}/figures/dictionaries/{t}.png" for t in training_sets()]
         targets += [f"{R}/analogy/{n}/confocal_denoised.tif" for n in cases_of("analogy")]
         targets += [f"{R}/figures/analogy/{n}.png" for n in cases_of("analogy")]
     if cases_of("analogy"):  # with one case only the TEM itself can be registered

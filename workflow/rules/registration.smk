@@ -100,10 +100,11 @@ rule capture_range:
             f"{R}/registration/{{{{case}}}}/{{source}}.json", source=registration_sources()
         ),
     output:
-        f"{R}/registration/{{case}}/capture_{{source}}.csv",
+        expand(
+            f"{R}/registration/{{{{case}}}}/capture_{{source}}.csv", source=registration_sources()
+        ),
     wildcard_constraints:
         case=constraint(cases_of("analogy")),
-        source="sparse|sparse_denoised|hertzmann|raw",
     params:
         optimiser=REGISTRATION["optimiser"],
         capture=config["registration"]["capture_range"],
@@ -111,13 +112,13 @@ rule capture_range:
         sources=registration_sources(),
         seed=config["seed"],
     log:
-        f"{R}/logs/capture_range/{{case}}_{{source}}.log",
+        f"{R}/logs/capture_range/{{case}}.log",
     benchmark:
-        f"{R}/benchmarks/capture_range/{{case}}_{{source}}.tsv"
+        f"{R}/benchmarks/capture_range/{{case}}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=60,
+        runtime=120,
     conda:
         ENV
     script:
