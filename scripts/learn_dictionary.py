@@ -28,7 +28,7 @@ with job(smk) as log:
         patch_size=opts["patch_size"],
         n_patches=opts["n_patches"],
         n_atoms=opts["n_atoms"],
-        lam=opts["lambda"],
+        lam=opts["dictionary_lambda"],
         rng=rng_for(smk.params.seed, "dictionary", smk.wildcards.training),
         tol=opts["dictionary_tol"],
         max_iter=opts["dictionary_max_iter"],

@@ -320,3 +320,60 @@ def test_one_bad_case_does_not_stop_the_others(tmp_path):
     assert not (out / "preprocessed/bad/em.tif").exists()
     log = (out / "logs/preprocess/bad.log").read_text()
     assert "um, not pixels" in log
+
+
+def _start_tiny(workdir: Path) -> subprocess.Popen:
+    """The tiny config started in the background, in its own process group."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "test_config.yaml").write_text(TINY)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+    cmd += ["--directory", str(workdir), "--cores", "2"]
+    cmd += ["--configfile", str(workdir / "test_config.yaml")]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+
+
+def _files(out: Path) -> dict[str, int]:
+    """Every file under ``out`` (logs and benchmarks aside) with its modification time."""
+    return {
+        str(p.relative_to(out)): p.stat().st_mtime_ns
+        for p in out.rglob("*")
+        if p.is_file() and p.relative_to(out).parts[0] not in ("logs", "benchmarks")
+    }
+
+
+@pytest.mark.workflow
+def test_a_killed_run_reruns_only_what_was_incomplete(tiny_runs, tmp_path):
+    """SIGKILL of the whole run (Snakemake and its jobs: a power cut) while a dictionary
+    is being learned; the rerun (after --unlock, as the README says) recomputes only what
+    had not finished and gives the uninterrupted run's tables byte for byte."""
+    import os
+    import signal
+    import time
+
+    workdir = tmp_path / "killed"
+    out = workdir / "out"
+    run = _start_tiny(workdir)
+    deadline = time.monotonic() + 300
+    learning = out / "logs" / "learn_dictionary"
+    while not (learning.is_dir() and any(learning.iterdir())):
+        assert run.poll() is None, "the run ended before any dictionary was learned"
+        assert time.monotonic() < deadline, "no dictionary job started within 300 s"
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    before = _files(out)
+    locked = snakemake(workdir, config=TINY)  # the killed run's lock is still there
+    assert locked.returncode != 0 and "--unlock" in locked.stdout + locked.stderr
+    assert snakemake(workdir, "--unlock", config=TINY).returncode == 0
+    # What had finished stays; whatever was being written is not taken as done.
+    result = snakemake(workdir, "--rerun-incomplete", config=TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = _files(out)
+    kept = [f for f, t in before.items() if after.get(f) == t]
+    assert "data/tem01/em.tif" in kept and "preprocessed/tem01/em.tif" in kept
+    rerun = {f for f in before if f not in kept}
+    assert not any(f.startswith(("data/", "preprocessed/")) for f in rerun), rerun
+    for rel in TABLES:
+        assert (out / rel).read_bytes() == (tiny_runs[0] / rel).read_bytes(), rel

@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = """\
 results: out
 analogy: {n_training_cases: 1, patch_size: 5, n_patches: 400, n_atoms: 30, lambda: 0.05,
+          dictionary_lambda: 0.05,
           dictionary_max_iter: 5, eq7_max_iter: 5}
 hertzmann: {levels: 2, max_training_px: 3000}
 registration:

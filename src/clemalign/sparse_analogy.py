@@ -280,7 +280,10 @@ def reconstruct(
     D2 : ndarray or None
         Dictionary of the image to predict (None: denoising only).
     lam, gamma : float
-        λ and γ of eq. 7 (paper: 1 and 0.01).
+        λ and γ of eq. 7 for intensities in [0, 1] (paper: 1 and 0.01, on an intensity
+        scale it does not state). λ = 1 on [0, 1] keeps about a fifth of the confocal's
+        contrast; a smaller λ registers closer to the truth but codes slower
+        (``benchmarks/eq7_lambda.py``).
     size : int
         Patch side, px.
     tol : float

@@ -190,7 +190,7 @@ TRAINING_PAIRS = ("em_intensity", "training_alignment", "patch_size")
 DICTIONARY = TRAINING_PAIRS + (
     "n_patches",
     "n_atoms",
-    "lambda",
+    "dictionary_lambda",
     "dictionary_tol",
     "dictionary_max_iter",
 )
