@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from clemalign.errors import CaseError
 from clemalign.io import read_json, write_json, write_landmarks, write_tiff
 from clemalign.preprocess import (
     load_case_inputs,
@@ -27,16 +28,19 @@ with job(smk) as log:
     truth = read_json(smk.input.ground_truth) if "ground_truth" in smk.input.keys() else None
     if case["track"] == "analogy":
         opts = smk.params.preprocess
-        pair = prepare_analogy_pair(
-            raw.em,
-            raw.em_px_per_um,
-            raw.lm,
-            raw.lm_px_per_um,
-            raw.landmarks,
-            case["channel"],
-            opts["px_per_um"],
-            opts["margin_um"],
-        )
+        try:
+            pair = prepare_analogy_pair(
+                raw.em,
+                raw.em_px_per_um,
+                raw.lm,
+                raw.lm_px_per_um,
+                raw.landmarks,
+                case["channel"],
+                opts["px_per_um"],
+                opts["margin_um"],
+            )
+        except ValueError as error:  # too few landmarks, or a footprint off the confocal
+            raise CaseError(case["name"], str(error), case["landmarks"]) from error
         write_tiff(smk.output.em, pair.em, pair.px_per_um, {"case": case["name"], "frame": "em"})
         write_tiff(
             smk.output.lm, pair.lm, pair.px_per_um, {"case": case["name"], "frame": "lm crop"}

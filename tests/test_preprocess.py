@@ -111,6 +111,15 @@ def test_prepare_rejects_disjoint_landmarks(small_analogy_case):
         prepare_analogy_pair(case.em, case.em_px_per_um, case.lm, case.lm_px_per_um, table)
 
 
+def test_prepare_rejects_two_landmarks(small_analogy_case):
+    """Two pairs fit a mirrored similarity as well as the true one: refused, not mirrored."""
+    case = small_analogy_case
+    with pytest.raises(ValueError, match="at least 3 landmark pairs, got 2"):
+        prepare_analogy_pair(
+            case.em, case.em_px_per_um, case.lm, case.lm_px_per_um, case.landmarks.iloc[:2]
+        )
+
+
 def test_registered_training_alignment_beats_the_noisy_landmark_fit(small_analogy_case):
     case = small_analogy_case
     pair = prepare_analogy_pair(

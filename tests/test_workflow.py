@@ -377,3 +377,22 @@ def test_a_killed_run_reruns_only_what_was_incomplete(tiny_runs, tmp_path):
     assert not any(f.startswith(("data/", "preprocessed/")) for f in rerun), rerun
     for rel in TABLES:
         assert (out / rel).read_bytes() == (tiny_runs[0] / rel).read_bytes(), rel
+
+
+@pytest.mark.workflow
+def test_an_analogy_case_with_two_landmarks_is_refused_with_its_file(tmp_path):
+    paths = _write_case(tmp_path / "two")
+    table = pd.read_csv(paths["landmarks"]).iloc[:2]
+    write_landmarks(paths["landmarks"], table)
+    sheet = tmp_path / "cases.tsv"
+    sheet.write_text(
+        f"case\ttrack\tem\tlm\tlandmarks\ntwo\tanalogy\t{paths['em']}\t{paths['lm']}\t"
+        f"{paths['landmarks']}\n"
+    )
+    config = f"data: {{source: sheet, case_sheet: {sheet}}}\n"
+    result = snakemake(tmp_path / "wd", "results/preprocessed/two/em.tif", config=config)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "case 'two'" in text and "at least 3 landmark pairs, got 2" in text, text[-3000:]
+    assert paths["landmarks"] in text
+    assert not (tmp_path / "wd/results/preprocessed/two/start_transform.json").exists()

@@ -30,6 +30,9 @@ from .transforms import (
 
 CHANNELS = {"red": 0, "green": 1, "blue": 2}
 
+#: Fewest landmark pairs of an analogy case (rough start and evaluation).
+MIN_ANALOGY_LANDMARKS = 3
+
 
 def select_channel(image: np.ndarray, channel: str | int) -> np.ndarray:
     """Return one channel of a colour image as a 2D array.
@@ -291,7 +294,7 @@ def prepare_analogy_pair(
     lm : ndarray
         Confocal image (2D or colour), ``lm_px_per_um``.
     landmarks : pandas.DataFrame
-        Manual landmark pairs (``em_*`` TEM um, ``lm_*`` confocal um), at least 2.
+        Manual landmark pairs (``em_*`` TEM um, ``lm_*`` confocal um), at least 3.
     channel : str or int
         Confocal channel to keep (paper: green).
     px_per_um : float
@@ -308,9 +311,10 @@ def prepare_analogy_pair(
     ValueError
         Too few landmarks, or a TEM footprint that misses the confocal image.
     """
-    if len(landmarks) < 2:
+    if len(landmarks) < MIN_ANALOGY_LANDMARKS:
         raise ValueError(
-            f"need at least 2 landmark pairs for the rough start, got {len(landmarks)}"
+            f"need at least {MIN_ANALOGY_LANDMARKS} landmark pairs, got {len(landmarks)}: two "
+            "fit a mirrored similarity as well as the true one, and the evaluation fits an affine"
         )
     em_xy, lm_xy = landmark_points(landmarks)
     similarity = fit_similarity(em_xy, lm_xy)
