@@ -20,7 +20,7 @@ from clemalign.seeds import rng_for
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
 
-def trials_of(source, answer, images, agreed, truth, limits):
+def trials_of(case, source, answer, images, agreed, truth, limits):
     """Every protocol's perturbed registrations of one source, as one table."""
     capture = smk.params.capture
     answers = {  # this route's own answers, the targets of "coming back"
@@ -68,7 +68,7 @@ with job(smk) as log:
         images = load_registration_images(case, smk.input.em, *files)
         if agreed is None:  # the consensus of every route's answer, on the TEM grid
             agreed = consensus(case_answers(results), images.tem.shape, images.px_per_um)
-        trials = trials_of(source, results[source], images, agreed, truth, limits)
+        trials = trials_of(case, source, results[source], images, agreed, truth, limits)
         trials.to_csv(output, index=False, float_format="%.6f")
         means = trials.groupby(["protocol", "measure"])[["success", "error_um"]].mean()
         log.info("%s\n%s", source, means.to_string())

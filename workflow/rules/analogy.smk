@@ -111,7 +111,7 @@ rule predict_hertzmann:
         analogy=settings("analogy", TRAINING_PAIRS),
         hertzmann=config["hertzmann"],
         seed=config["seed"],
-        training=lambda wc: training_set(wc.case).split(TRAINING_SEP),
+        training=lambda wc: training_cases(wc.case),
     log:
         f"{R}/logs/predict_hertzmann/{{case}}.log",
     benchmark:
