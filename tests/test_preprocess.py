@@ -139,3 +139,13 @@ def test_registered_training_alignment_beats_the_noisy_landmark_fit(small_analog
     assert errors["registered"] < 0.03
     with pytest.raises(ValueError, match="unknown training alignment"):
         align_training_pair(pair.em, pair.lm, 14.52, pair.landmarks, "manual")
+
+
+def test_gray_of_an_integer_colour_image_is_in_unit_range():
+    """An 8-bit RGB TEM becomes luminance in [0, 1], as its 2D version would."""
+    from clemalign.preprocess import select_channel, to_unit_float
+
+    rgb = np.stack([np.arange(256, dtype=np.uint8).reshape(16, 16)] * 3, axis=-1)
+    gray = to_unit_float(select_channel(rgb, "gray"))
+    assert gray.dtype == np.float32 and gray.max() <= 1.0
+    np.testing.assert_allclose(gray, to_unit_float(rgb[..., 0]), atol=1e-6)

@@ -10,12 +10,14 @@ frame (um from the crop's corner); the rough start maps one onto the other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from .checks import finite_pixels, min_size, not_constant, pixel_shape, unit_range
 from .errors import CaseError
 from .io import landmark_points, read_image, read_landmarks, tiff_axes
 from .transforms import (
@@ -42,9 +44,10 @@ def select_channel(image: np.ndarray, channel: str | int) -> np.ndarray:
     image : ndarray
         (rows, cols), (rows, cols, C) with C <= 4, or (C, rows, cols) with C <= 4.
     channel : {'red', 'green', 'blue', 'gray'} or int
-        Channel to keep. ``'gray'`` takes the luminance of a colour image and passes a
-        2D image through. A 2D image is returned as it is for any channel (a single
-        channel file is taken to be the stain channel).
+        Channel to keep. ``'gray'`` takes the luminance of a colour image (float32;
+        integer channels are scaled to [0, 1] first) and passes a 2D image through. A
+        2D image is returned as it is for any channel (a single channel file is taken to
+        be the stain channel).
 
     Raises
     ------
@@ -65,8 +68,8 @@ def select_channel(image: np.ndarray, channel: str | int) -> np.ndarray:
     if channel == "gray":
         if stack.shape[-1] < 3:
             return stack[..., 0]
-        weights = np.array([0.2125, 0.7154, 0.0721])
-        return (stack[..., :3].astype(np.float32) @ weights).astype(np.float32)
+        weights = np.array([0.2125, 0.7154, 0.0721])  # of [0, 1] values: integers scaled first
+        return (to_unit_float(stack[..., :3]) @ weights).astype(np.float32)
     idx = CHANNELS[channel] if isinstance(channel, str) else int(channel)
     if not 0 <= idx < stack.shape[-1]:
         raise ValueError(
@@ -357,13 +360,34 @@ def prepare_analogy_pair(
 
 @dataclass
 class CaseInputs:
-    """Raw images of a case with their pixel sizes (px/um) and landmark pairs (um)."""
+    """Raw images of a case with their pixel sizes (px/um) and landmark pairs (um).
+
+    Attributes
+    ----------
+    em, lm : ndarray
+        The images as read (a z-stack reduced to one plane), or, when
+        :mod:`clemalign.checks` repaired or rescaled one, that image as float32 in [0, 1]
+        (same shape and channels).
+    em_px_per_um, lm_px_per_um : float
+        Sampling, px/um.
+    landmarks : pandas.DataFrame
+        Landmark pairs, um.
+    notes : list of str
+        What the checks repaired or rescaled, one sentence each naming the case and the
+        file; empty for clean inputs. Callers log them as warnings.
+    em_invalid, lm_invalid : ndarray of bool or None
+        (rows, cols) px that were NaN/inf in the file and now hold a neutral fill value
+        (None: none were).
+    """
 
     em: np.ndarray
     em_px_per_um: float
     lm: np.ndarray
     lm_px_per_um: float
     landmarks: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    em_invalid: np.ndarray | None = None
+    lm_invalid: np.ndarray | None = None
 
 
 def _image_with_size(
@@ -387,21 +411,74 @@ def _image_with_size(
     return image, float(ppu)
 
 
-def load_case_inputs(case: dict) -> CaseInputs:
-    """Read a case's images and landmarks, checking that they fit together.
+def _for_role(value: object, role: str) -> object:
+    """``value[role]`` of a per-image mapping, else ``value`` itself."""
+    return value.get(role) if isinstance(value, Mapping) else value
+
+
+def _checked_image(
+    name: str,
+    path: str,
+    image: np.ndarray,
+    ppu: float,
+    role: str,
+    channel: str | int,
+    minimum_um: float | None,
+    minimum_what: str,
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """One image through :mod:`clemalign.checks`: size, finite, not constant, range.
+
+    Returns the image itself when it needed nothing (so clean inputs stay bitwise what
+    the file holds), else the repaired float32 image in [0, 1]; the mask of filled
+    pixels; and the notes.
+    """
+    if minimum_um is not None:
+        min_size(pixel_shape(image), ppu, float(minimum_um), name, path, role, minimum_what)
+    repaired, invalid, finite_note = finite_pixels(image, name, path, role)
+    try:  # the plane the analysis will use: a constant channel is what matters
+        plane = select_channel(repaired, channel)
+    except ValueError:  # a bad channel is reported where it is used
+        plane = repaired
+    not_constant(plane, name, path, role, channel if repaired.ndim == 3 else None, invalid)
+    scaled, range_note = unit_range(repaired, name, path, role)
+    notes = [n for n in (finite_note, range_note) if n is not None]
+    return (scaled if notes else image), invalid, notes
+
+
+def load_case_inputs(
+    case: dict,
+    min_size_um: float | Mapping[str, float] | None = None,
+    min_size_what: str | Mapping[str, str] | None = None,
+) -> CaseInputs:
+    """Read a case's images and landmarks, checking the images and that they fit together.
+
+    Each image goes through :mod:`clemalign.checks`: :func:`~clemalign.checks.min_size`
+    (when ``min_size_um`` is given), :func:`~clemalign.checks.finite_pixels` (a few
+    NaN/inf pixels are filled with the median, more are refused),
+    :func:`~clemalign.checks.not_constant` (on the plane the analysis uses: the EM's
+    luminance, the LM's ``channel``) and :func:`~clemalign.checks.unit_range` (a float
+    image outside [0, 1] is rescaled by the stated rule). Repairs are listed in
+    :attr:`CaseInputs.notes`; clean images come back exactly as read.
 
     Parameters
     ----------
     case : dict
         A :class:`clemalign.cases.Case` as dict (``name, em, lm, landmarks,
-        em_px_per_um, lm_px_per_um, lm_z``...). Z-stacks become one plane
+        em_px_per_um, lm_px_per_um, lm_z, channel``...). Z-stacks become one plane
         (:func:`project_z`: the EM's by maximum projection, the LM's as ``lm_z`` says).
+    min_size_um : float or mapping, optional
+        Smallest width and height of an image, um, or ``{'em': ..., 'lm': ...}`` (a
+        missing role is not checked). None: no size check.
+    min_size_what : str or mapping, optional
+        What that minimum is, for the message (``"one 15 x 15 px patch at 14.52 px/um"``),
+        or one per role.
 
     Raises
     ------
     CaseError
-        Unreadable file, missing pixel size, or landmarks outside their image (which
-        usually means pixel coordinates where um were expected).
+        Unreadable file, missing pixel size, an image smaller than ``min_size_um``, more
+        than 5 % NaN/inf pixels, a constant image (or channel), or landmarks outside their
+        image (which usually means pixel coordinates where um were expected).
     """
 
     name = case["name"]
@@ -413,6 +490,18 @@ def load_case_inputs(case: dict) -> CaseInputs:
         landmarks = read_landmarks(case["landmarks"])
     except Exception as error:  # noqa: BLE001
         raise CaseError(name, f"bad landmark file: {error}", case["landmarks"]) from error
+    notes: list[str] = []
+    invalid: dict[str, np.ndarray | None] = {}
+    checked: dict[str, np.ndarray] = {}
+    for role, image, ppu, channel in (
+        ("em", em, em_ppu, "gray"),
+        ("lm", lm, lm_ppu, case.get("channel", "green")),
+    ):
+        what = _for_role(min_size_what, role) or "the smallest image the registration can use"
+        checked[role], invalid[role], found = _checked_image(
+            name, case[role], image, ppu, role, channel, _for_role(min_size_um, role), what
+        )
+        notes.extend(found)
     for role, image, ppu in (("em", em, em_ppu), ("lm", lm, lm_ppu)):
         rows, cols = image.shape[:2] if image.ndim == 2 or image.shape[-1] <= 4 else image.shape[1:]
         extent = np.array([cols, rows]) / ppu
@@ -430,4 +519,5 @@ def load_case_inputs(case: dict) -> CaseInputs:
                 "landmark coordinates must be in um, not pixels",
                 case["landmarks"],
             )
-    return CaseInputs(em, em_ppu, lm, lm_ppu, landmarks)
+    em, lm = checked["em"], checked["lm"]
+    return CaseInputs(em, em_ppu, lm, lm_ppu, landmarks, notes, invalid["em"], invalid["lm"])
