@@ -193,3 +193,31 @@ def test_inverted_tem_blur_is_left_one_out_without_a_psf():
     assert sigmas == pytest.approx([0.5, 0.4, 0.3])  # ...but never used for that case
     given, _ = inverted_tem_sigmas_um(tems, confocals, [ppu] * 3, 0.7)
     assert given == pytest.approx([0.7 / 2.3548] * 3)
+
+
+def test_the_start_search_brings_back_a_rough_start_that_local_registration_misses():
+    """A start 14 deg, 9 % and 2 um off (the wide protocol's size): the search about it
+    comes back to the truth under every measure and records its candidates; the local
+    registration alone does not come back."""
+    from clemalign.search import StartSearch
+
+    ppu = 4.0
+    rng = np.random.default_rng(7)
+    fixed = ndimage.gaussian_filter(rng.normal(size=(200, 200)), 1.2)  # 50 um, fine texture
+    fixed = (fixed - fixed.min()) / (fixed.max() - fixed.min())
+    truth = affine_matrix(3.0, (1.02, 0.99), 0.01, (14.0, 12.0), center_um=(0.0, 0.0))
+    moving = warp_image(fixed, ppu, np.linalg.inv(truth), (96, 96), ppu, order=3)  # 24 um
+    rough = truth @ affine_matrix(14.0, (1.09, 1.09), 0.0, (1.4, -1.4), center_um=(12.0, 12.0))
+    shape, lmk = moving.shape, _landmarks([[1, 1], [2, 1], [1, 2]], [[0, 0]] * 3)
+    assert score(rough, lmk, truth, shape, ppu)["gt_mean_um"] > 3.0
+    args = (lambda m: moving, fixed, rough, ["ssd", "mi"], ppu, None, {"levels": 2})
+    local = register_measures(*args)
+    searched = register_measures(*args, search=StartSearch())
+    for measure in ("ssd", "mi"):
+        found = np.asarray(searched[measure]["matrix"])
+        assert score(found, lmk, truth, shape, ppu)["gt_mean_um"] < 0.05
+        record = searched[measure]["search"]
+        assert 1 <= len(record["candidates"]) <= 3 and record["similarity"] > 0.8
+        assert "search" not in local[measure]
+    missed = [np.asarray(local[m]["matrix"]) for m in ("ssd", "mi")]
+    assert max(score(m, lmk, truth, shape, ppu)["gt_mean_um"] for m in missed) > 0.5

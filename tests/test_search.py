@@ -8,7 +8,17 @@ import pytest
 from scipy import ndimage
 
 from clemalign.evaluation import truth_error_um
-from clemalign.search import SearchRange, global_search, local_contrast, masked_ncc
+from clemalign.register import register_affine
+from clemalign.search import (
+    SearchRange,
+    StartSearch,
+    global_search,
+    local_contrast,
+    masked_ncc,
+    pick_refined,
+    start_candidates,
+    windowed_ncc,
+)
 from clemalign.transforms import affine_matrix, warp_image
 
 
@@ -70,3 +80,70 @@ def test_local_contrast_removes_a_slow_background():
     nan = image.copy()
     nan[5, 5] = np.nan
     assert np.isnan(local_contrast(nan, 2.0, 1.5)[5, 5])
+
+
+def _start_case(seed: int):
+    """A 20 um moving texture inside a 40 um fixed one, the true placement, and a rough
+    start 12 deg, 8 % scale and 1.8 um away from it (the wide protocol's kind of error)."""
+    ppu = 4.0
+    fixed = _textured((160, 160), seed=seed)
+    truth = affine_matrix(20.0, (1.03, 0.98), 0.02, (9.0, 11.0), center_um=(0.0, 0.0))
+    moving = warp_image(fixed, ppu, np.linalg.inv(truth), (80, 80), ppu, order=3)
+    centre = (10.0, 10.0)
+    off = affine_matrix(-12.0, (1.08, 1.08), 0.0, (1.2, -1.35), center_um=centre)
+    return moving, fixed, truth, truth @ off, ppu
+
+
+def test_start_search_finds_the_placement_a_rough_start_misses():
+    moving, fixed, truth, start, ppu = _start_case(seed=3)
+    search = StartSearch(coarse_px_per_um=2.0)
+    found = start_candidates(
+        moving, fixed, start, moving_px_per_um=ppu, fixed_px_per_um=ppu, search=search
+    )
+    assert 1 <= len(found) <= search.candidates
+    assert truth_error_um(start, truth, moving.shape, ppu) > 2.0
+    assert truth_error_um(found[0]["matrix"], truth, moving.shape, ppu) < 0.6
+    refined = [
+        register_affine(
+            moving, fixed, c["matrix"], moving_px_per_um=ppu, fixed_px_per_um=ppu, measure="ssd"
+        ).matrix
+        for c in found
+    ]
+    best, r, gap = pick_refined(moving, fixed, refined, ppu, search.contrast_um)
+    assert truth_error_um(refined[best], truth, moving.shape, ppu) < 0.05
+    assert r > 0.9 and (np.isinf(gap) or gap > 0.1)
+
+
+def test_start_search_stays_within_its_window():
+    """A shift window too small for the start's error cannot reach the truth: the search
+    looks only where it is told to."""
+    moving, fixed, truth, start, ppu = _start_case(seed=3)
+    search = StartSearch(rotation_deg=0.0, scale_steps=1, shift_um=0.3, candidates=1)
+    found = start_candidates(
+        moving, fixed, start, moving_px_per_um=ppu, fixed_px_per_um=ppu, search=search
+    )
+    centre = np.array([10.0, 10.0, 1.0])
+    moved = np.linalg.norm((found[0]["matrix"] @ centre)[:2] - (start @ centre)[:2])
+    assert moved <= 0.3 + 1e-9
+    assert truth_error_um(found[0]["matrix"], truth, moving.shape, ppu) > 1.0
+
+
+def test_pick_refined_prefers_the_true_placement_and_reports_the_gap():
+    moving, fixed, truth, start, ppu = _start_case(seed=4)
+    best, r, gap = pick_refined(moving, fixed, [start, truth], ppu, 1.0)
+    assert best == 1 and r > 0.9 and gap > 0.3
+    assert pick_refined(moving, fixed, [truth, truth @ np.eye(3)], ppu, 1.0)[2] == np.inf
+
+
+def test_windowed_ncc_equals_masked_ncc_on_its_placements():
+    rng = np.random.default_rng(5)
+    fixed, moving = rng.random((20, 22)), rng.random((6, 5))
+    fixed[3, 4] = np.nan
+    mmask = np.ones_like(moving, bool)
+    mmask[1, 2] = False
+    full, full_n = masked_ncc(np.nan_to_num(fixed), np.isfinite(fixed), moving, mmask)
+    rows, cols = np.arange(-3, 18), np.arange(-2, 20)  # partly outside the fixed image
+    got, n = windowed_ncc(fixed, moving, mmask, rows, cols)
+    i, j = rows + moving.shape[0] - 1, cols + moving.shape[1] - 1
+    np.testing.assert_array_equal(n, full_n[np.ix_(i, j)])
+    np.testing.assert_allclose(got, full[np.ix_(i, j)], atol=1e-9)

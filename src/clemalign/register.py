@@ -954,6 +954,7 @@ def register_affine(
     gtol: float = 1e-12,
     normalize: bool = True,
     min_overlap: float = 0.5,
+    finest_level: int = 0,
 ) -> RegistrationResult:
     """Affine registration of ``moving`` onto ``fixed``, coarse to fine.
 
@@ -994,6 +995,9 @@ def register_affine(
     min_overlap : float
         Minimum fraction of used moving pixels inside the fixed image (0.5): at the start
         (else ValueError) and during the search (else a penalty cost).
+    finest_level : int
+        The finest level optimised (0: full sampling; ``levels - 1``: the coarsest only,
+        a cheap first look, e.g. at the search's candidates).
 
     Returns
     -------
@@ -1019,7 +1023,7 @@ def register_affine(
     }
     matrix = start.copy()
     records = []
-    for level in reversed(pyramid):  # coarse to fine
+    for level in reversed(pyramid[min(finest_level, len(pyramid) - 1) :]):  # coarse to fine
         t0 = time.perf_counter()
         cost = _level_cost(level, matrix, moving_px_per_um, fixed_px_per_um, **cost_options)
         unit = level.factor / moving_px_per_um  # the level's pixel, um

@@ -35,6 +35,7 @@ from .register import (
     register_affine,
     weights_from_uncertainty,
 )
+from .search import StartSearch, pick_refined, start_candidates
 
 #: Moving-image sources, in the order of the tables.
 SOURCES = ("sparse", "sparse_denoised", "hertzmann", "raw")
@@ -153,6 +154,7 @@ def register_measures(
     *,
     confidence: ConfidenceLimits | None = None,
     rng: np.random.Generator | None = None,
+    search: StartSearch | None = None,
 ) -> dict[str, dict]:
     """Register one source under each measure; a failure is recorded, not raised.
 
@@ -178,17 +180,24 @@ def register_measures(
         answer the optimiser returns is ``ok``.
     rng : numpy.random.Generator, optional
         For the checks' chance placements (required with ``confidence``).
+    search : StartSearch, optional
+        Search about the start first (:func:`clemalign.search.start_candidates`, on the
+        source's SSD moving image, whose intensities rise with the confocal's); each
+        candidate is registered at the coarsest level, and the one whose answer
+        correlates best with the confocal (locally normalised) is registered at every
+        level. None: the local registration from ``start`` alone (the paper's).
 
     Returns
     -------
     dict
         Per measure: ``status``; when the optimiser returned an answer, ``matrix`` (nested
-        lists), ``value``, ``info`` and, with ``confidence``, the checks' ``confidence``
-        record.
+        lists), ``value``, ``info``, with ``search`` the search's ``search`` record
+        (candidates, winner, its correlation and its ``gap`` to the best other basin)
+        and, with ``confidence``, the checks' ``confidence`` record.
     """
     options = dict(options or {})
 
-    def run(image: np.ndarray, begin: np.ndarray, measure: str) -> RegistrationResult:
+    def run(image: np.ndarray, begin: np.ndarray, measure: str, **more: int) -> RegistrationResult:
         return register_affine(
             image,
             fixed,
@@ -197,13 +206,38 @@ def register_measures(
             fixed_px_per_um=px_per_um,
             measure=measure,
             weights=weights if measure == "wssd" else None,
-            **options,
+            **(options | more),
         )
 
+    probe = moving_for("ssd") if search is not None else None
+    found = None
+    if search is not None:
+        found = start_candidates(
+            probe,
+            fixed,
+            start,
+            moving_px_per_um=px_per_um,
+            fixed_px_per_um=px_per_um,
+            search=search,
+        )
     out: dict[str, dict] = {}
     for measure in measures:
         try:
-            result = run(moving_for(measure), start, measure)
+            if found is None:
+                result, searched = run(moving_for(measure), start, measure), None
+            else:
+                coarsest = int(options.get("levels", 3)) - 1
+                result, searched = _best_candidate(
+                    run,
+                    moving_for(measure),
+                    probe,
+                    fixed,
+                    found,
+                    measure,
+                    px_per_um,
+                    search.contrast_um,
+                    coarsest,
+                )
         except (ValueError, np.linalg.LinAlgError, FloatingPointError) as err:
             out[measure] = {"status": f"failed: {err}"}
             continue
@@ -212,6 +246,7 @@ def register_measures(
             "matrix": np.asarray(result.matrix).tolist(),
             "value": float(result.value),
             "info": result.info,
+            **({"search": searched} if searched is not None else {}),
         }
         if confidence is not None:
             moving = moving_for(measure)
@@ -238,6 +273,42 @@ def register_measures(
     return out
 
 
+def _best_candidate(
+    run: Callable[..., RegistrationResult],
+    moving: np.ndarray,
+    probe: np.ndarray,
+    fixed: np.ndarray,
+    found: list[dict],
+    measure: str,
+    px_per_um: float,
+    contrast_um: float,
+    coarsest: int,
+) -> tuple[RegistrationResult, dict]:
+    """The search's candidates registered at the coarsest level; the winner (best
+    locally normalised correlation of ``probe``) registered at every level."""
+    first, kept = [], []
+    for c in found:
+        try:
+            first.append(run(moving, c["matrix"], measure, finest_level=coarsest).matrix)
+            kept.append(c)
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+            continue
+    if not first:
+        raise ValueError("no candidate of the start search overlaps the fixed image enough")
+    best, r, gap = pick_refined(probe, fixed, first, px_per_um, contrast_um)
+    if best < 0:
+        raise ValueError("no candidate of the start search overlaps the fixed image enough")
+    record = {
+        "candidates": [
+            {"rotation_deg": c["rotation_deg"], "scale": c["scale"], "ncc": c["ncc"]} for c in kept
+        ],
+        "winner": best,
+        "similarity": r,
+        "gap": gap if np.isfinite(gap) else None,  # None: no other basin among the candidates
+    }
+    return run(moving, first[best], measure), record
+
+
 def capture_trials(
     moving_for: Callable[[str], np.ndarray],
     fixed: np.ndarray,
@@ -256,6 +327,7 @@ def capture_trials(
     confidence: ConfidenceLimits | None = None,
     chance: Mapping[str, Mapping] | None = None,
     agreed: tuple[str, np.ndarray] | None = None,
+    search: StartSearch | None = None,
 ) -> pd.DataFrame:
     """Register again from perturbed starts; did each come back to its unperturbed answer?
 
@@ -277,6 +349,9 @@ def capture_trials(
     agreed : (str, ndarray), optional
         The case's consensus (:func:`clemalign.confidence.consensus`): a trial's answer
         far from it is uncertain.
+    search : StartSearch, optional
+        Search about each perturbed start first, as :func:`register_measures` does (one
+        search per trial, shared by the measures).
     (others as in :func:`register_measures` and :func:`score`)
 
     Returns
@@ -306,11 +381,19 @@ def capture_trials(
         for _ in range(trials)
     ]
     rows = []
-    for measure, answer in answers.items():
-        for trial, perturbed in enumerate(starts):
-            got = register_measures(
-                moving_for, fixed, perturbed, [measure], px_per_um, weights, options
-            )[measure]
+    for trial, perturbed in enumerate(starts):
+        every = register_measures(
+            moving_for,
+            fixed,
+            perturbed,
+            list(answers),
+            px_per_um,
+            weights,
+            options,
+            search=search,
+        )
+        for measure, answer in answers.items():
+            got = every[measure]
             matrix = np.asarray(got["matrix"]) if "matrix" in got else None
             status = got["status"]
             if confidence is not None and matrix is not None:
@@ -335,6 +418,7 @@ def capture_trials(
             else:
                 row |= {"to_answer_um": np.nan, "success": False, "error_um": np.nan}
             rows.append(row)
+    rows.sort(key=lambda row: list(answers).index(row["measure"]))  # stable: trials in order
     table = pd.DataFrame(rows, columns=columns)
     table["reference"] = reference
     return table

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 from scipy.signal import fftconvolve
 
@@ -212,40 +213,109 @@ def coarse_candidates(
     """
     p = search.coarse_px_per_um
     fixed_c = _coarse(fixed, fixed_px_per_um, p)
-    fixed_ok = np.isfinite(fixed_c)
     out = []
     for angle, scale, mirrored in search.linear_maps():
         linear = affine_matrix(angle, (scale, scale), 0.0, (0.0, 0.0))[:2, :2]
         if mirrored:
             linear = linear @ np.diag([-1.0, 1.0])
-        drawn, origin = _drawn(np.asarray(moving, float), moving_px_per_um, linear, p)
-        drawn_ok = np.isfinite(drawn)
-        if drawn_ok.sum() < 16:
-            continue
-        ncc, overlap = masked_ncc(fixed_c, fixed_ok, drawn, drawn_ok)
-        ncc[overlap < search.min_overlap * drawn_ok.sum()] = -np.inf
-        i, j = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
-        if not np.isfinite(ncc[i, j]):
-            continue
-        row, col = i - drawn.shape[0] + 1, j - drawn.shape[1] + 1
-        shift_um = np.array([col, row], float) / p  # the grid's corner on the fixed image
-        out.append(
-            {
-                "rotation_deg": angle,
-                "scale": scale,
-                "mirrored": mirrored,
-                "ncc": float(ncc[i, j]),
-                "matrix": _candidate_matrix(linear, origin, shift_um),
-            }
-        )
+        best = _best_shift(moving, moving_px_per_um, fixed_c, linear, p, search.min_overlap)
+        if best is not None:
+            out.append({"rotation_deg": angle, "scale": scale, "mirrored": mirrored} | best)
     return sorted(out, key=lambda c: -c["ncc"])
+
+
+def _best_shift(
+    moving: np.ndarray,
+    moving_px_per_um: float,
+    fixed_c: np.ndarray,
+    linear: np.ndarray,
+    coarse_px_per_um: float,
+    min_overlap: float,
+    window: tuple[np.ndarray, float] | None = None,
+) -> dict | None:
+    """The best shift of the moving image drawn through ``linear`` over the coarse fixed
+    image: ``{"ncc", "matrix"}`` (moving um -> fixed um), or None when no shift overlaps
+    enough. ``window``: (expected moving-centre position on the fixed image, radius), um;
+    only shifts that put the moving centre within the radius of it are considered."""
+    p = coarse_px_per_um
+    drawn, origin = _drawn(np.asarray(moving, float), moving_px_per_um, linear, p)
+    drawn_ok = np.isfinite(drawn)
+    if drawn_ok.sum() < 16:
+        return None
+    if window is None:  # every shift at once, by FFT
+        ncc, overlap = masked_ncc(fixed_c, np.isfinite(fixed_c), drawn, drawn_ok)
+        rows = np.arange(ncc.shape[0]) - drawn.shape[0] + 1
+        cols = np.arange(ncc.shape[1]) - drawn.shape[1] + 1
+    else:  # the few shifts of the window, directly
+        h, w = moving.shape[0] / moving_px_per_um, moving.shape[1] / moving_px_per_um
+        centre_offset = linear @ np.array([w / 2, h / 2]) - origin  # centre, from grid corner
+        expected, radius = window
+        lo = np.floor((expected - centre_offset - radius) * p).astype(int)
+        hi = np.ceil((expected - centre_offset + radius) * p).astype(int)
+        rows, cols = np.arange(lo[1], hi[1] + 1), np.arange(lo[0], hi[0] + 1)
+        ncc, overlap = windowed_ncc(fixed_c, drawn, drawn_ok, rows, cols)
+        dx = cols[None, :] / p + centre_offset[0] - expected[0]
+        dy = rows[:, None] / p + centre_offset[1] - expected[1]
+        ncc[dx**2 + dy**2 > radius**2] = -np.inf
+    ncc[overlap < min_overlap * drawn_ok.sum()] = -np.inf
+    i, j = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+    if not np.isfinite(ncc[i, j]):
+        return None
+    shift_um = np.array([cols[j], rows[i]], float) / p  # the grid's corner on the fixed image
+    return {"ncc": float(ncc[i, j]), "matrix": _candidate_matrix(linear, origin, shift_um)}
+
+
+def windowed_ncc(
+    fixed: np.ndarray,
+    moving: np.ndarray,
+    moving_mask: np.ndarray,
+    rows: np.ndarray,
+    cols: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`masked_ncc` at the given placements only: moving pixel (0, 0) on fixed pixel
+    ``(rows[i], cols[j])`` (consecutive integers, may lie outside the fixed image), over
+    the pixels where the moving mask is set and the fixed image is finite.
+
+    Returns
+    -------
+    ncc, overlap : ndarray, shape (len(rows), len(cols))
+    """
+    mh, mw = moving.shape
+    top, left = int(rows[0]), int(cols[0])
+    region_shape = (len(rows) + mh - 1, len(cols) + mw - 1)
+    f = np.full(region_shape, np.nan)  # the fixed pixels any placement can touch
+    r0, c0 = max(top, 0), max(left, 0)
+    r1 = min(top + region_shape[0], fixed.shape[0])
+    c1 = min(left + region_shape[1], fixed.shape[1])
+    if r1 > r0 and c1 > c0:
+        f[r0 - top : r1 - top, c0 - left : c1 - left] = fixed[r0:r1, c0:c1]
+    fm = np.isfinite(f).astype(float)
+    f = np.where(fm > 0, f, 0.0)
+    mm = moving_mask.astype(float)
+    m = np.where(moving_mask, moving, 0.0)
+
+    def corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.einsum("ijkl,kl->ij", sliding_window_view(a, (mh, mw)), b)
+
+    n = np.round(corr(fm, mm))
+    sf, sff = corr(f, mm), corr(f * f, mm)
+    sm, smm, sfm = corr(fm, m), corr(fm, m * m), corr(f, m)
+    safe = np.maximum(n, 1.0)
+    cov = sfm - sf * sm / safe
+    var = (sff - sf * sf / safe) * (smm - sm * sm / safe)
+    ok = (n > 1) & (var > 1e-12 * max(np.max(np.abs(var)), 1e-300))
+    ncc = np.zeros_like(cov)
+    ncc[ok] = cov[ok] / np.sqrt(var[ok])
+    return ncc, n
 
 
 def _distinct(candidates: Sequence[dict], n: int, shape, px_per_um: float) -> list[dict]:
     """The ``n`` best candidates at least 1 um (mean over the moving grid) apart."""
     kept: list[dict] = []
+    # the mean distance over a 1 px/um grid of the moving field: the same to 0.01 um
+    coarse = (max(1, round(shape[0] / px_per_um)), max(1, round(shape[1] / px_per_um)))
     for c in candidates:
-        if all(grid_error_um(c["matrix"], k["matrix"], shape, px_per_um) > 1.0 for k in kept):
+        if all(grid_error_um(c["matrix"], k["matrix"], coarse, 1.0) > 1.0 for k in kept):
             kept.append(c)
         if len(kept) == n:
             break
@@ -335,6 +405,163 @@ def global_search(
     ]
     gap = best["similarity"] - max(others) if others else float("inf")
     return SearchResult(best["matrix"], best["similarity"], gap, refined)
+
+
+@dataclass(frozen=True)
+class StartSearch:
+    """A search around a rough start (config ``registration.start_search``).
+
+    The candidates are the start composed, in the moving frame, with every rotation
+    and isotropic scale of the grid below, each at its best shift within ``shift_um``
+    of where the start puts the moving image's centre (masked normalised
+    cross-correlation of the locally normalised images at a coarse sampling, as in
+    :func:`global_search`). It covers a rough manual placement: the wide capture-range
+    protocol perturbs the start by up to 15 deg, 10 % scale and 2 um.
+
+    Attributes
+    ----------
+    rotation_deg : float
+        Rotations tried about the start, +- degrees.
+    rotation_step_deg : float
+        Step between rotations, degrees.
+    scale : float
+        Relative isotropic scales tried about the start, +- (0.1 = 10 %).
+    scale_steps : int
+        Number of scales in that range (odd, so the start's own scale is tried).
+    shift_um : float
+        Radius of the shifts tried about the start's placement of the moving centre, um.
+    coarse_px_per_um, contrast_um, min_overlap : float
+        As in :class:`SearchRange`.
+    candidates : int
+        Best distinct candidates refined; the refined answer with the best correlation
+        of the locally normalised images wins.
+    """
+
+    rotation_deg: float = 18.0
+    rotation_step_deg: float = 3.0
+    scale: float = 0.12
+    scale_steps: int = 5
+    shift_um: float = 2.5
+    coarse_px_per_um: float = 2.0
+    contrast_um: float = 1.0
+    min_overlap: float = 0.8
+    candidates: int = 3
+
+    @classmethod
+    def maybe(cls, settings) -> StartSearch | None:
+        """From a config mapping (missing keys keep their defaults); None stays None (no
+        search)."""
+        return None if settings is None else cls(**dict(settings))
+
+    def offsets(self) -> list[tuple[float, float]]:
+        """(rotation_deg, relative scale) of every candidate about the start."""
+        n = max(0, int(np.floor(self.rotation_deg / self.rotation_step_deg + 1e-9)))
+        angles = self.rotation_step_deg * np.arange(-n, n + 1)
+        scales = (
+            np.linspace(1 - self.scale, 1 + self.scale, self.scale_steps)
+            if self.scale_steps > 1
+            else np.array([1.0])
+        )
+        return [(float(a), float(s)) for s in scales for a in angles]
+
+
+def start_candidates(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    start: np.ndarray,
+    *,
+    moving_px_per_um: float,
+    fixed_px_per_um: float,
+    search: StartSearch,
+) -> list[dict]:
+    """The best distinct placements near a rough start, best first.
+
+    Parameters
+    ----------
+    moving : ndarray
+        Moving image whose intensities rise with the fixed image's (inverted TEM, or a
+        predicted confocal), at ``moving_px_per_um``.
+    fixed : ndarray
+        Fixed image at ``fixed_px_per_um``.
+    start : ndarray, shape (3, 3)
+        The rough start, moving um -> fixed um.
+    search : StartSearch
+        Rotations, scales and shifts tried about the start.
+
+    Returns
+    -------
+    list of dict
+        Up to ``search.candidates`` placements at least 1 um apart (mean over the moving
+        grid): ``rotation_deg, scale`` (about the start), ``ncc`` (coarse score),
+        ``matrix`` (moving um -> fixed um). Empty when none overlaps the fixed image.
+    """
+    p = search.coarse_px_per_um
+    # drawn from twice the coarse sampling: the anti-aliasing blur is paid once, not per
+    # candidate (a finer intermediate changes the scores by less than the search's step)
+    ppu_mid = min(2.0 * p, moving_px_per_um)
+    moving_mid = _coarse(
+        local_contrast(moving, moving_px_per_um, search.contrast_um), moving_px_per_um, ppu_mid
+    )
+    fixed_c = _coarse(
+        local_contrast(fixed, fixed_px_per_um, search.contrast_um), fixed_px_per_um, p
+    )
+    start = np.asarray(start, float)
+    h, w = moving.shape[0] / moving_px_per_um, moving.shape[1] / moving_px_per_um
+    window = ((start @ np.array([w / 2, h / 2, 1.0]))[:2], search.shift_um)
+    ranked = []
+    for angle, scale in search.offsets():
+        linear = start[:2, :2] @ affine_matrix(angle, (scale, scale))[:2, :2]
+        best = _best_shift(moving_mid, ppu_mid, fixed_c, linear, p, search.min_overlap, window)
+        if best is not None:
+            ranked.append({"rotation_deg": angle, "scale": scale} | best)
+    ranked.sort(key=lambda c: -c["ncc"])
+    return _distinct(ranked, search.candidates, moving.shape, moving_px_per_um)
+
+
+def pick_refined(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    matrices: Sequence[np.ndarray],
+    px_per_um: float,
+    contrast_um: float,
+) -> tuple[int, float, float]:
+    """Which refined placement wins: the best Pearson r of the locally normalised images.
+
+    Parameters
+    ----------
+    moving, fixed : ndarray
+        The search's moving image (intensities rising with the fixed image's) and the
+        fixed image, both at ``px_per_um``.
+    matrices : sequence of ndarray
+        Refined placements, moving um -> fixed um.
+    contrast_um : float
+        Sigma of the local normalisation, um.
+
+    Returns
+    -------
+    index : int
+        Of the winner (-1 when none overlaps enough).
+    similarity : float
+        Its r.
+    gap : float
+        Its lead over the best placement that ends more than 0.5 um away (inf if none).
+    """
+    moving_lc = local_contrast(moving, px_per_um, contrast_um)
+    fixed_lc = local_contrast(fixed, px_per_um, contrast_um)
+    scores = [similarity(moving_lc, fixed_lc, m, px_per_um, "ssd") for m in matrices]
+    scores = [s if np.isfinite(s) else -np.inf for s in scores]
+    if not scores or not np.isfinite(max(scores)):
+        return -1, float("nan"), float("nan")
+    best = int(np.argmax(scores))
+    others = [
+        s
+        for k, s in enumerate(scores)
+        if k != best
+        and np.isfinite(s)
+        and grid_error_um(matrices[k], matrices[best], moving.shape, px_per_um) > 0.5
+    ]
+    gap = scores[best] - max(others) if others else float("inf")
+    return best, float(scores[best]), float(gap)
 
 
 def _similarity(moving, fixed, matrix, moving_ppu, fixed_ppu, measure) -> float:
