@@ -22,9 +22,10 @@ include: "workflow/rules/figures.smk"
 include: "workflow/rules/fiducials.smk"
 include: "workflow/rules/analogy.smk"
 include: "workflow/rules/registration.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all:
     input:
-        all_targets(),
+        all_targets,
     default_target: True

@@ -15,6 +15,7 @@ from clemalign.routes import (
     source_files,
 )
 from clemalign.runner import job
+from clemalign.search import StartSearch
 from clemalign.seeds import rng_for
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -47,6 +48,7 @@ def trials_of(case, source, answer, images, agreed, truth, limits):
             confidence=limits,
             chance={m: answer["measures"][m]["confidence"]["chance"] for m in answers},
             agreed=agreed,
+            search=StartSearch.maybe(smk.params.start_search),
         )
         tables.append(table.assign(protocol=protocol["name"]))
     trials = pd.concat(tables, ignore_index=True)

@@ -17,6 +17,8 @@ with job(smk) as log:
         opts["em_intensity"],
         opts["training_alignment"],
     )
+    for name, status in smk.params.excluded:  # failed their check: never drawn for training
+        log.info("case %s is left out of every training set: %s", name, status)
     log.info(
         "training set %s (TEM %s, confocal raw [0, 1], pairs aligned by %s)",
         smk.params.training,

@@ -6,6 +6,7 @@ from clemalign.errors import CaseError
 from clemalign.io import read_json, write_json, write_landmarks, write_tiff
 from clemalign.preprocess import (
     load_case_inputs,
+    minimum_size_um,
     prepare_analogy_pair,
     select_channel,
     to_unit_float,
@@ -15,15 +16,22 @@ from clemalign.transforms import Transform
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
+
 with job(smk) as log:
     case = smk.params.case
-    raw = load_case_inputs(case)
+    minimum = minimum_size_um(
+        case, smk.params.patch_size, smk.params.preprocess["px_per_um"], smk.params.fiducials
+    )
+    raw = load_case_inputs(case, *minimum)
+    for note in raw.notes:  # repaired or rescaled input: the log and stderr say what was done
+        log.warning(note)
     frame = {
         "case": case["name"],
         "track": case["track"],
         "em_source": case["em"],
         "lm_source": case["lm"],
         "channel": case["channel"],
+        "input_notes": raw.notes,
     }
     truth = read_json(smk.input.ground_truth) if "ground_truth" in smk.input.keys() else None
     if case["track"] == "analogy":

@@ -1,5 +1,6 @@
 """Rule register: one source (moving image on the TEM grid) against the confocal crop,
-under every configured measure, from the landmark-fitted similarity start."""
+under every configured measure, from the landmark-fitted similarity start (searched about
+first when ``registration.start_search`` is set)."""
 
 from clemalign.confidence import ConfidenceLimits
 from clemalign.io import write_json
@@ -11,6 +12,7 @@ from clemalign.routes import (
     source_measures,
 )
 from clemalign.runner import job
+from clemalign.search import StartSearch
 from clemalign.seeds import rng_for
 from clemalign.transforms import Transform
 
@@ -34,6 +36,7 @@ with job(smk) as log:
         opts["optimiser"],
         confidence=ConfidenceLimits.from_config(opts["confidence"]),
         rng=rng_for(smk.params.seed, f"confidence/{source}", case),
+        search=StartSearch.maybe(opts["start_search"]),
     )
     for measure, result in results.items():
         log.info("%s %s: %s %s", source, measure, result["status"], result.get("info", ""))

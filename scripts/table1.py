@@ -5,9 +5,10 @@ import pandas as pd
 from clemalign.fiducials import METHODS
 from clemalign.io import read_json
 from clemalign.runner import job
-from clemalign.tables import status_notes, table1, write_table
+from clemalign.tables import failed_case_rows, status_notes, table1, write_table
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
+LONG = ["case", "method", "mae_nm", "std_nm", "n_matched", "status"]
 
 with job(smk) as log:
     rows = []
@@ -25,9 +26,12 @@ with job(smk) as log:
                     "status": entry["status"],
                 }
             )
-    long = pd.DataFrame(rows)
+    checks = [read_json(path) for path in smk.input.checks]
+    failed = failed_case_rows(checks, [{"method": m} for m in METHODS], LONG, {"n_matched": 0})
+    long = pd.concat([pd.DataFrame(rows, columns=LONG), failed], ignore_index=True)
+    long = long.sort_values("case", kind="stable", ignore_index=True)  # by name, as everywhere
     pixels_nm = [1000.0 / read_json(path)["lm_px_per_um"] for path in smk.input.frames]
-    lo, hi = f"{min(pixels_nm):.3g}", f"{max(pixels_nm):.3g}"
+    lo, hi = f"{min(pixels_nm, default=0):.3g}", f"{max(pixels_nm, default=0):.3g}"
     pixel_text = lo if lo == hi else f"{lo}-{hi}"
     long.to_csv(smk.output.long, index=False, float_format="%.3f")
     write_table(

@@ -4,14 +4,20 @@ import pandas as pd
 
 from clemalign.evaluation import LONG_COLUMNS
 from clemalign.figures import registration_errors_plot
+from clemalign.io import read_json
 from clemalign.runner import job
-from clemalign.tables import status_notes, table2, write_table
+from clemalign.tables import failed_case_rows, status_notes, table2, write_table
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
 with job(smk) as log:
-    errors = pd.concat([pd.read_csv(path) for path in smk.input], ignore_index=True)
+    found = [pd.read_csv(path) for path in smk.input.errors]
+    errors = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=LONG_COLUMNS)
     long = errors[errors["measure"] != "start"][LONG_COLUMNS]
+    keys = [{"source": s, "measure": m} for s, m in smk.params.routes]
+    failed = failed_case_rows([read_json(p) for p in smk.input.checks], keys, LONG_COLUMNS)
+    long = pd.concat([long, failed], ignore_index=True)
+    long = long.sort_values("case", kind="stable", ignore_index=True)  # by name, as everywhere
     long.to_csv(smk.output.long, index=False, float_format="%.6f")
     write_table(
         table2(long),

@@ -9,7 +9,7 @@ import tifffile
 from clemalign.cases import read_case_sheet
 from clemalign.errors import CaseError, ConfigError
 from clemalign.io import read_mask, tiff_axes, write_tiff
-from clemalign.preprocess import project_z
+from clemalign.preprocess import case_check, project_z
 
 
 def _sheet(tmp_path, extra_header: str = "", extra: str = "") -> str:
@@ -31,9 +31,15 @@ def test_mask_columns_are_optional_and_resolved_relative_to_the_sheet(tmp_path):
     assert case.em_mask == str(tmp_path / "bar.tif") and case.lm_mask is None
 
 
-def test_a_missing_mask_file_names_the_case_and_the_column(tmp_path):
-    with pytest.raises(ConfigError, match="beads1.*em_mask.*not found"):
-        read_case_sheet(_sheet(tmp_path, "\tem_mask", "\tnowhere.tif"))
+def test_a_missing_mask_file_fails_its_case_in_the_check_not_the_sheet(tmp_path):
+    """The sheet is read (one missing file must not stop the other cases); the case check
+    fails the case, naming it, the column and the file."""
+    (case,) = read_case_sheet(_sheet(tmp_path, "\tem_mask", "\tnowhere.tif"))
+    assert case.em_mask == str(tmp_path / "nowhere.tif")
+    record = case_check(case.as_dict(), 15, {"px_per_um": 14.52, "margin_um": 2.0}, {})
+    assert record["status"].startswith("failed: ")
+    assert "'beads1'" in record["status"] and "em_mask file is missing" in record["status"]
+    assert "nowhere.tif" in record["status"]
 
 
 def test_a_mask_of_the_wrong_size_names_the_case_and_the_file(tmp_path):

@@ -15,7 +15,9 @@ from clemalign.checks import (
 from clemalign.errors import CaseError
 from clemalign.io import write_landmarks, write_tiff
 from clemalign.preprocess import (
+    case_check,
     load_case_inputs,
+    minimum_size_um,
     prepare_analogy_pair,
     resample,
     to_unit_float,
@@ -348,3 +350,47 @@ def test_empty_confocal_channel_is_refused(tmp_path, small_analogy_case):
     text = str(info.value)
     _names_case_and_file(text, record["lm"])
     assert "the green channel of the lm image is constant: every pixel is 0" in text
+
+
+# --- the workflow's per-case check (checkpoint check_case) -------------------------------
+
+FIDUCIALS = {"bead_diameter_nm": 100.0, "em_psf_fwhm_nm": 10.0, "lm_psf_fwhm_nm": 250.0}
+PREPROCESS = {"px_per_um": 14.52, "margin_um": 2.0}
+
+
+def _check(record):
+    return case_check({"track": "analogy", **record}, 15, PREPROCESS, FIDUCIALS)
+
+
+def test_case_check_passes_a_valid_case_and_reports_repairs(tmp_path, small_analogy_case):
+    case = small_analogy_case
+    em = case.em.astype(np.float32) / 255
+    em[50:60, 70:80] = np.nan
+    result = _check(_write_case(tmp_path, case, em, case.lm))
+    assert result["status"] == "ok" and result["case"] == CASE
+    assert len(result["notes"]) == 1 and "100 NaN" in result["notes"][0]
+
+
+def test_case_check_fails_bad_input_in_words_without_raising(tmp_path, small_analogy_case):
+    """Each bad input becomes ``failed: <reason>`` naming the case and the file."""
+    case = small_analogy_case
+    record = _write_case(tmp_path, case, case.em, case.lm)
+    missing = _check({**record, "lm": str(tmp_path / "gone.tif")})["status"]
+    assert missing.startswith("failed: ") and "lm file is missing" in missing
+    assert f"case {CASE!r}" in missing and "gone.tif" in missing
+    em = case.em.astype(np.float32) / 255
+    em[:, :80] = np.nan  # a third of the TEM
+    status = _check(_write_case(tmp_path, case, em, case.lm))["status"]
+    assert status.startswith("failed: ") and "NaN" in status and "em.tif" in status
+    record = _write_case(tmp_path, case, case.em, case.lm)
+    write_landmarks(tmp_path / "landmarks.csv", case.landmarks.iloc[:2])
+    two = _check(record)["status"]
+    assert two.startswith("failed: ") and "3" in two and "landmarks.csv" in two
+
+
+def test_minimum_size_is_a_patch_or_a_bead_window():
+    size, what = minimum_size_um({"track": "analogy"}, 15, 14.52, FIDUCIALS)
+    assert size == pytest.approx(15 / 14.52) and "15 x 15 px patch" in what
+    window, what = minimum_size_um({"track": "fiducial"}, 15, 14.52, FIDUCIALS)
+    assert set(window) == {"em", "lm"} and window["lm"] > window["em"] >= 0.3
+    assert "bead" in what

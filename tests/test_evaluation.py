@@ -100,6 +100,13 @@ def test_table2_layout():
     assert status_notes(long, lambda r: f"{r.case} {r.source} {r.measure}") == [
         "c1 raw ssd: failed: no overlap"
     ]
+    bad = pd.DataFrame({"case": ["c3", "c3"], "source": ["raw", "sparse"]})
+    bad = bad.assign(measure="ssd", status="failed: case 'c3': the lm file is missing")
+    both = pd.concat([long, bad], ignore_index=True)
+    assert status_notes(both, lambda r: f"{r.case} {r.source} {r.measure}") == [
+        "c1 raw ssd: failed: no overlap",
+        "c3 (every column): failed: case 'c3': the lm file is missing",
+    ]
 
 
 def _textured(shape=(64, 64), seed=3) -> np.ndarray:

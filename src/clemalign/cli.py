@@ -351,21 +351,6 @@ def note_status(path: str | Path, record: dict) -> None:
         Progress.note(f"{path}: this transform's status is {status!r}")
 
 
-def describe(matrix: np.ndarray) -> str:
-    """The affine in words: rotation, stretches, mirror, translation."""
-    linear = np.asarray(matrix, float)[:2, :2]
-    u, stretch, vt = np.linalg.svd(linear)
-    mirrored = np.linalg.det(linear) < 0
-    rotation = u @ np.diag([1.0, -1.0 if mirrored else 1.0]) @ vt
-    angle = float(np.degrees(np.arctan2(rotation[1, 0], rotation[0, 0])))
-    tx, ty = np.asarray(matrix, float)[:2, 2]
-    return (
-        f"rotation {angle:.2f} deg, scale {stretch[0]:.4f} / {stretch[1]:.4f} (largest / "
-        f"smallest stretch), {'mirrored' if mirrored else 'not mirrored'}, translation "
-        f"({tx:.3f}, {ty:.3f}) um"
-    )
-
-
 def _landmarks(path: str | Path, moving: Plane, fixed: Plane) -> pd.DataFrame:
     """Landmark pairs (um) from our CSV, a BigWarp CSV or an ec-CLEM XML."""
     from .formats import read_landmarks_any
@@ -408,35 +393,27 @@ class Answer:
 
 
 def transform_record(answer: Answer, moving: Plane, fixed: Plane) -> dict:
-    """``transform.json``: :meth:`~clemalign.transforms.Transform.to_dict` plus ``status``;
-    a failed answer has ``matrix: null`` (as a fiducial method's transform file)."""
-    from .transforms import Transform
+    """``transform.json``: :func:`clemalign.export.transform_record` of the answer (a
+    failed answer has ``matrix: null``, as a fiducial method's transform file)."""
+    from .export import transform_record as record
 
-    if answer.matrix is not None:
-        t = Transform(answer.matrix, str(moving.path), str(fixed.path), answer.method, answer.extra)
-        return {**t.to_dict(), "status": answer.status}
-    rejected = {} if answer.rejected is None else {"rejected_matrix": answer.rejected.tolist()}
-    return {
-        "matrix": None,
-        "units": "um",
-        "direction": "moving_to_fixed",
-        "moving": str(moving.path),
-        "fixed": str(fixed.path),
-        "method": answer.method,
-        "status": answer.status,
-        **rejected,
-        **({"extra": answer.extra} if answer.extra else {}),
-    }
+    return record(
+        answer.status,
+        answer.matrix,
+        str(moving.path),
+        str(fixed.path),
+        answer.method,
+        answer.extra,
+        answer.rejected,
+    )
 
 
 def image_record(moving: Plane, fixed: Plane) -> dict:
-    """Pixel sizes and shapes of the two images (``export`` reads them back)."""
-    return {
-        "moving_px_per_um": moving.px_per_um,
-        "fixed_px_per_um": fixed.px_per_um,
-        "moving_shape": list(moving.shape),
-        "fixed_shape": list(fixed.shape),
-    }
+    """Pixel sizes and shapes of the two images (``export`` reads them back):
+    :func:`clemalign.export.grid_record`."""
+    from .export import grid_record
+
+    return grid_record(moving.px_per_um, fixed.px_per_um, moving.shape, fixed.shape)
 
 
 def write_answer(
@@ -448,8 +425,9 @@ def write_answer(
     progress: Progress,
 ) -> list[Path]:
     """Write ``transform.json`` and, when there is a transform, ``transform.tfm``,
-    ``ecclem.xml``, ``registered.tif`` and (with landmarks) ``bigwarp_landmarks.csv``."""
-    from .formats import write_bigwarp_landmarks, write_ecclem_transform, write_itk_transform
+    ``ecclem.xml``, ``registered.tif`` and (with landmarks) ``bigwarp_landmarks.csv``
+    (:func:`clemalign.export.write_exchange_files`)."""
+    from .export import write_exchange_files
     from .io import write_json
 
     out.mkdir(parents=True, exist_ok=True)
@@ -457,13 +435,8 @@ def write_answer(
     written = [out / "transform.json"]
     if answer.matrix is None:
         return written
-    mppu, fppu = moving.px_per_um, fixed.px_per_um
-    write_itk_transform(out / "transform.tfm", answer.matrix, mppu, fppu)
-    write_ecclem_transform(out / "ecclem.xml", answer.matrix, mppu, fppu, moving.shape, fixed.shape)
-    written += [out / "transform.tfm", out / "ecclem.xml"]
-    if landmarks is not None:
-        write_bigwarp_landmarks(out / "bigwarp_landmarks.csv", landmarks, mppu, fppu)
-        written.append(out / "bigwarp_landmarks.csv")
+    grid = image_record(moving, fixed)
+    written += write_exchange_files(out, answer.matrix, grid, landmarks)
     with progress.step("resampling the moving image onto the fixed grid (registered.tif)"):
         written.append(write_registered(out / "registered.tif", answer.matrix, moving, fixed))
     return written
@@ -477,28 +450,32 @@ def write_registered(
     order: int = 1,
 ) -> Path:
     """The moving image on the fixed grid (NaN outside the moving image), written with the
-    fixed pixel size: :func:`clemalign.transforms.warp_image` for an affine,
+    fixed pixel size: :func:`clemalign.export.write_warped` for an affine,
     :func:`clemalign.nonrigid.warp_with_field` for a deformation field."""
     from .io import write_tiff
-    from .transforms import warp_image
 
+    meta = {"moving": str(moving.path)}
     if isinstance(transform, np.ndarray):
-        image = warp_image(
-            moving.data, moving.px_per_um, transform, fixed.shape, fixed.px_per_um, order
-        )
-    else:  # the field's warp does not low-pass: bring the moving image to the fixed sampling
-        from .nonrigid import warp_with_field
+        from .export import write_warped
 
-        source = no_finer_than(moving, fixed.px_per_um)
-        image = warp_with_field(
-            source.data, source.px_per_um, transform, fixed.shape, fixed.px_per_um, order
-        )
-    write_tiff(path, image, fixed.px_per_um, {"moving": str(moving.path)})
+        ppu = moving.px_per_um
+        write_warped(path, moving.data, ppu, transform, fixed.shape, fixed.px_per_um, order, meta)
+        return path
+    # the field's warp does not low-pass: bring the moving image to the fixed sampling
+    from .nonrigid import warp_with_field
+
+    source = no_finer_than(moving, fixed.px_per_um)
+    image = warp_with_field(
+        source.data, source.px_per_um, transform, fixed.shape, fixed.px_per_um, order
+    )
+    write_tiff(path, image, fixed.px_per_um, meta)
     return path
 
 
 def report(answer: Answer, written: Sequence[Path], landmark_mae: dict | None = None) -> int:
     """Print the result (stdout) and, when it is not ok, the reason (stderr); the exit code."""
+    from .export import describe
+
     print(f"status: {answer.status}")
     if answer.matrix is not None:
         rows = np.asarray(answer.matrix)[:2]
@@ -829,19 +806,22 @@ def fiducial_entry(
 
 def fiducial_answer(result: FiducialCase, em: Plane, lm: Plane) -> Answer:
     """The transform written as ``transform.json``: the first ``ok`` method in
-    :data:`FIDUCIAL_PREFERENCE`, else the first ``uncertain`` one, else none."""
+    :data:`FIDUCIAL_PREFERENCE`, else the first ``uncertain`` one, else none
+    (:func:`clemalign.export.first_usable`)."""
+    from .export import first_usable
+
     outcomes = result.outcomes
-    for wanted in ("ok", "uncertain"):
-        for method in FIDUCIAL_PREFERENCE:
-            out = outcomes[method]
-            if out.matrix is not None and out.status.split(":")[0] == wanted:
-                extra = {
-                    "fiducial_method": method,
-                    "fre_nm": out.fre_um * 1000.0,
-                    "n_matched": len(out.pairs_src_um),
-                    **image_record(em, lm),
-                }
-                return Answer(out.status, out.matrix, f"fiducials: {method}", extra)
+    statuses = {m: o.status for m, o in outcomes.items() if o.matrix is not None}
+    method = first_usable(statuses, FIDUCIAL_PREFERENCE)
+    if method is not None:
+        out = outcomes[method]
+        extra = {
+            "fiducial_method": method,
+            "fre_nm": out.fre_um * 1000.0,
+            "n_matched": len(out.pairs_src_um),
+            **image_record(em, lm),
+        }
+        return Answer(out.status, out.matrix, f"fiducials: {method}", extra)
     states = ", ".join(f"{m} {outcomes[m].status.split(':')[0]}" for m in FIDUCIAL_PREFERENCE)
     reason = f"no fiducial method is ok ({states}; the reasons are in summary.json)"
     return Answer(f"failed: {reason}", None, "fiducials")
@@ -966,34 +946,9 @@ def _need(grids: dict, keys: Sequence[str], what: str, path: str) -> list:
     return [grids[k] for k in keys]
 
 
-def bigwarp_grid(matrix: np.ndarray, moving_px_per_um: float, moving_shape) -> pd.DataFrame:
-    """The affine as 3 x 3 corresponding points over the moving field (BigWarp's thin-plate
-    spline and affine fits reproduce an affine exactly from such points)."""
-    import pandas as pd
-
-    from .io import LANDMARK_COLUMNS
-    from .transforms import apply
-
-    rows, cols = moving_shape
-    xs = np.array([0.1, 0.5, 0.9]) * cols / moving_px_per_um
-    ys = np.array([0.1, 0.5, 0.9]) * rows / moving_px_per_um
-    em = np.array([(x, y) for y in ys for x in xs])
-    lm = apply(matrix, em)
-    names = [f"grid{i + 1}" for i in range(len(em))]
-    return pd.DataFrame(
-        {
-            "name": names,
-            "em_x_um": em[:, 0],
-            "em_y_um": em[:, 1],
-            "lm_x_um": lm[:, 0],
-            "lm_y_um": lm[:, 1],
-        },
-        columns=LANDMARK_COLUMNS,
-    )
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     """``clemalign export``: see :func:`build_parser`."""
+    from .export import bigwarp_grid
     from .formats import write_bigwarp_landmarks, write_ecclem_transform, write_itk_transform
 
     grids = export_grids(args)

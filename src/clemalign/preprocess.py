@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -521,3 +522,90 @@ def load_case_inputs(
             )
     em, lm = checked["em"], checked["lm"]
     return CaseInputs(em, em_ppu, lm, lm_ppu, landmarks, notes, invalid["em"], invalid["lm"])
+
+
+def minimum_size_um(
+    case: dict, patch_size: int, px_per_um: float, fiducials: Mapping[str, float]
+) -> tuple[float | dict[str, float], str]:
+    """The smallest image a case's track can use, um (per role for fiducial cases), and
+    what that minimum is, for :func:`load_case_inputs`.
+
+    Analogy cases need one ``patch_size`` patch at the working ``px_per_um``; fiducial
+    cases one bead-fitting window (3 apparent bead diameters, from ``fiducials``:
+    ``bead_diameter_nm``, ``em_psf_fwhm_nm``, ``lm_psf_fwhm_nm``).
+    """
+    if case["track"] == "analogy":
+        return (
+            patch_size / px_per_um,
+            f"one {patch_size} x {patch_size} px patch at {px_per_um} px/um",
+        )
+    from .fiducials import apparent_diameter_um  # here only: the fiducial track's 2 s import
+
+    bead = fiducials["bead_diameter_nm"] / 1000.0
+    window = {
+        role: 3.0 * apparent_diameter_um(bead, fiducials[f"{role}_psf_fwhm_nm"] / 1000.0)
+        for role in ("em", "lm")
+    }
+    return window, "one bead-fitting window (3 apparent bead diameters)"
+
+
+def case_check(
+    case: dict,
+    patch_size: int,
+    preprocess: Mapping[str, float],
+    fiducials: Mapping[str, float],
+) -> dict:
+    """Can a case be used? Everything preprocessing would refuse, found before any work.
+
+    Reads the case's files and checks them as :func:`load_case_inputs` does (with the
+    track's :func:`minimum_size_um`); an analogy case is also prepared
+    (:func:`prepare_analogy_pair`: 3 landmarks, a TEM footprint on the confocal).
+
+    Parameters
+    ----------
+    case : dict
+        A :class:`clemalign.cases.Case` as dict.
+    patch_size : int
+        Analogy patch side, px.
+    preprocess : mapping
+        ``px_per_um`` (working sampling) and ``margin_um``.
+    fiducials : mapping
+        Bead size and PSFs (see :func:`minimum_size_um`).
+
+    Returns
+    -------
+    dict
+        ``case, track, status`` (``ok`` or ``failed: <what is wrong, naming the case and
+        the file>``) and ``notes`` (what the checks repaired). Bad input never raises.
+    """
+    name = case["name"]
+    record = {"case": name, "track": case["track"], "status": "ok", "notes": []}
+    for role in ("em", "lm", "landmarks", "em_mask", "lm_mask", "ground_truth"):
+        if case.get(role) and not Path(case[role]).is_file():
+            record["status"] = (
+                f"failed: {CaseError(name, f'the {role} file is missing', case[role])}"
+            )
+            return record
+    try:
+        minimum = minimum_size_um(case, patch_size, preprocess["px_per_um"], fiducials)
+        raw = load_case_inputs(case, *minimum)
+        record["notes"] = raw.notes
+        if case["track"] == "analogy":
+            try:
+                prepare_analogy_pair(
+                    raw.em,
+                    raw.em_px_per_um,
+                    raw.lm,
+                    raw.lm_px_per_um,
+                    raw.landmarks,
+                    case["channel"],
+                    preprocess["px_per_um"],
+                    preprocess["margin_um"],
+                )
+            except ValueError as error:  # too few landmarks, or a footprint off the confocal
+                raise CaseError(name, str(error), case["landmarks"]) from error
+    except CaseError as error:
+        record["status"] = f"failed: {error}"
+    except (FileNotFoundError, ValueError, OSError) as error:
+        record["status"] = f"failed: {CaseError(name, str(error))}"
+    return record

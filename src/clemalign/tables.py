@@ -93,10 +93,19 @@ def status_word(status: str) -> str:
 
 
 def status_notes(long: pd.DataFrame, label) -> list[str]:
-    """One line per result whose status is not ok: ``<label(row)>: <status>``."""
-    return [
-        f"{label(row)}: {row.status}" for row in long.itertuples(index=False) if row.status != "ok"
-    ]
+    """One line per result whose status is not ok: ``<label(row)>: <status>``; a case
+    whose every result has the same such status (a case that failed its input check)
+    gets one line, ``<case> (every column): <status>``."""
+    notes, done = [], set()
+    for row in long.itertuples(index=False):
+        if row.status == "ok" or row.case in done:
+            continue
+        if (long.loc[long["case"] == row.case, "status"] == row.status).all():
+            notes.append(f"{row.case} (every column): {row.status}")
+            done.add(row.case)
+        else:
+            notes.append(f"{label(row)}: {row.status}")
+    return notes
 
 
 #: Methods of Table 1, in the paper's column order, with their column titles.
@@ -166,3 +175,34 @@ def table2(long: pd.DataFrame) -> pd.DataFrame:
         wide.loc[row.case, (title, "MAE")] = float(row.mae_um) if ok else status_word(row.status)
         wide.loc[row.case, (title, "STD")] = float(row.std_um) if ok else np.nan
     return wide
+
+
+def failed_case_rows(
+    checks: list[dict], keys: list[dict], columns: list[str], missing: dict | None = None
+) -> pd.DataFrame:
+    """Rows for the cases whose input check failed, so a table shows them with their reason.
+
+    Parameters
+    ----------
+    checks : list of dict
+        Case-check records (``case``, ``status``); those with status ``ok`` are skipped.
+    keys : list of dict
+        One row per failed case and key, e.g. ``{"method": "algorithm1"}`` or
+        ``{"source": "raw", "measure": "mi"}``.
+    columns : list of str
+        The long table's columns, in order.
+    missing : dict, optional
+        Values of the other columns (default NaN), e.g. ``{"n_matched": 0}``.
+
+    Returns
+    -------
+    DataFrame
+        ``columns``; ``status`` is the check's ``failed: <reason>``.
+    """
+    rows = [
+        {"case": c["case"], **key, "status": c["status"], **(missing or {})}
+        for c in checks
+        if c["status"] != "ok"
+        for key in keys
+    ]
+    return pd.DataFrame(rows, columns=columns)

@@ -14,11 +14,12 @@ rule learn_dictionary:
             subcategory="dictionaries",
         ),
     wildcard_constraints:
-        training=constraint(training_sets()),
+        training=training_set_pattern(),
     params:
         analogy=settings("analogy", DICTIONARY),
         seed=config["seed"],
         training=lambda wc: wc.training.split(TRAINING_SEP),
+        excluded=lambda wc: failed_cases("analogy"),  # never drawn for training
     log:
         f"{R}/logs/learn_dictionary/{{training}}.log",
     benchmark:
@@ -65,15 +66,18 @@ rule predict_sparse:
 
 rule prediction_quality:
     input:
-        em=expand(f"{R}/preprocessed/{{case}}/em.tif", case=cases_of("analogy")),
-        lm=expand(f"{R}/preprocessed/{{case}}/lm.tif", case=cases_of("analogy")),
-        frame=expand(f"{R}/preprocessed/{{case}}/frame.json", case=cases_of("analogy")),
-        landmarks=expand(f"{R}/preprocessed/{{case}}/landmarks.csv", case=cases_of("analogy")),
-        predicted=expand(f"{R}/analogy/{{case}}/sparse_predicted.tif", case=cases_of("analogy")),
-        decoupled=expand(f"{R}/analogy/{{case}}/sparse_decoupled.tif", case=cases_of("analogy")),
-        hertzmann=expand(
-            f"{R}/analogy/{{case}}/hertzmann_predicted.tif", case=cases_of("analogy")
-        ),
+        unpack(lambda wc: {
+            role: [f"{R}/{folder}/{n}/{name}" for n in usable_cases("analogy")]
+            for role, folder, name in (
+                ("em", "preprocessed", "em.tif"),
+                ("lm", "preprocessed", "lm.tif"),
+                ("frame", "preprocessed", "frame.json"),
+                ("landmarks", "preprocessed", "landmarks.csv"),
+                ("predicted", "analogy", "sparse_predicted.tif"),
+                ("decoupled", "analogy", "sparse_decoupled.tif"),
+                ("hertzmann", "analogy", "hertzmann_predicted.tif"),
+            )
+        }),
     output:
         report(
             f"{R}/tables/prediction_quality.csv",
@@ -81,7 +85,7 @@ rule prediction_quality:
             category="Tables",
         ),
     params:
-        cases=cases_of("analogy"),
+        cases=lambda wc: usable_cases("analogy"),
         psf_fwhm_um=confocal_psf_fwhm_um(),
     log:
         f"{R}/logs/prediction_quality.log",

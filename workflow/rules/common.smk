@@ -1,6 +1,7 @@
 # Case table and helpers shared by the rules. clemalign.cases needs only the standard
 # library, so the workflow parses before any job or conda environment exists.
 import importlib.util
+import json
 import os
 import random
 import re
@@ -32,6 +33,23 @@ except ConfigError as err:
     raise WorkflowError(f"Invalid configuration: {err}") from None
 for _case in CASES.values():
     validate(_case.as_dict(), "../schemas/cases.schema.yaml")
+    for _role, _path in _case.as_dict().items():  # named now; the case check fails the case
+        if _role in ("em", "lm", "landmarks", "em_mask", "lm_mask", "ground_truth"):
+            if _path and not _case.synthetic and not os.path.exists(_path):
+                print(
+                    f"WARNING case {_case.name!r}: {_role} file not found ({_path}); this case "
+                    "will be reported failed, the others run",
+                    file=sys.stderr,
+                )
+_analogy = [n for n, c in CASES.items() if c.track == "analogy"]
+_wanted = config["analogy"]["n_training_cases"]
+if 1 < len(_analogy) <= _wanted and not config["analogy"]["allow_fewer_training_cases"]:
+    raise WorkflowError(
+        f"Invalid configuration: analogy.n_training_cases is {_wanted}, but each of the "
+        f"{len(_analogy)} analogy cases ({', '.join(_analogy)}) has only "
+        f"{len(_analogy) - 1} other case(s) to train on; add cases, lower n_training_cases, "
+        "or set analogy.allow_fewer_training_cases: true"
+    )
 
 
 def cases_of(track, synthetic=None):
@@ -58,6 +76,39 @@ def case_files(wildcards):
     return files
 
 
+def existing_case_files(wildcards):
+    """The case check's inputs: a case's files that exist (or that the workflow makes, for
+    synthetic data), so that a missing file fails its case in the check, not the run."""
+    case = CASES[wildcards.case]
+    return {
+        role: path
+        for role, path in case_files(wildcards).items()
+        if case.synthetic or os.path.exists(path)
+    }
+
+
+def case_check(name):
+    """The case check's record (``status``: ``ok`` or ``failed: <reason>``); input
+    functions that call it wait for the check (Snakemake checkpoint)."""
+    with open(checkpoints.check_case.get(case=name).output[0]) as handle:
+        return json.load(handle)
+
+
+def usable_cases(track):
+    """The cases of a track whose check passed, sorted by name."""
+    return [n for n in cases_of(track) if case_check(n)["status"] == "ok"]
+
+
+def failed_cases(track):
+    """(name, status) of the cases of a track whose check failed."""
+    return [(n, s) for n in cases_of(track) if (s := case_check(n)["status"]) != "ok"]
+
+
+def check_files(track):
+    """Every case check of a track: the tables list the failed cases with their reason."""
+    return [f"{R}/checks/{n}.json" for n in cases_of(track)]
+
+
 def mask_files(wildcards):
     """Bead masks of a fiducial case named in the case sheet (em_mask, lm_mask)."""
     case = CASES[wildcards.case]
@@ -80,8 +131,16 @@ def preprocessed_files(wildcards):
 
 def training_cases(case):
     """The training cases of a test case: drawn at random, seeded by the case's name, from
-    the other analogy cases (paper sec. 5.3: "two randomly selected image pairs")."""
-    others = [n for n in cases_of("analogy") if n != case]
+    the other analogy cases whose check passed (paper sec. 5.3: "two randomly selected
+    image pairs"). A failed case is never drawn; the dictionaries' logs say which were left
+    out."""
+    others = [n for n in usable_cases("analogy") if n != case]
+    if not others:
+        raise WorkflowError(
+            f"case {case!r}: no other analogy case passed its check ({R}/checks/), so no "
+            "dictionary can be trained for it; fix the failed cases or set "
+            "registration.sources: [raw]"
+        )
     k = min(config["analogy"]["n_training_cases"], len(others))
     return sorted(random.Random(f"{config['seed']}:{case}").sample(others, k))
 
@@ -99,10 +158,18 @@ def training_set(case):
 
 
 def training_sets():
-    """The distinct training sets of the analogy cases, sorted (none for one case)."""
-    if len(cases_of("analogy")) < 2:
+    """The distinct training sets of the usable analogy cases, sorted (none for one)."""
+    usable = usable_cases("analogy")
+    if len(usable) < 2:
         return []
-    return sorted({training_set(n) for n in cases_of("analogy")})
+    return sorted({training_set(n) for n in usable})
+
+
+def training_set_pattern():
+    """Wildcard regex of a training set's name: analogy case names joined by '+' (which
+    sets exist is known only after the case checks)."""
+    one = f"(?:{constraint(cases_of('analogy'))})"
+    return f"{one}(?:\\{TRAINING_SEP}{one})*"
 
 
 def dictionary_file(wildcards):
@@ -132,6 +199,18 @@ def registration_sources():
     if len(cases_of("analogy")) < 2:
         sources = [s for s in sources if s == "raw"]
     return sources
+
+
+def table2_routes():
+    """(source, measure) of every Table 2 column: each source's measures, the landmark fit."""
+    measures = config["registration"]["measures"]
+    weighted = config["registration"]["weighted_ssd"]
+    routes = [
+        (s, m)
+        for s in registration_sources()
+        for m in measures + (["wssd"] if weighted and s.startswith("sparse") else [])
+    ]
+    return routes + [("landmark", "fit")]
 
 
 def registration_inputs(wildcards):
@@ -196,24 +275,32 @@ DICTIONARY = TRAINING_PAIRS + (
 )
 PREDICTION = ("patch_size", "lambda", "gamma", "em_intensity", "eq7_tol", "eq7_max_iter")
 REGISTRATION = settings("registration", ("measures", "weighted_ssd", "confidence"))
+REGISTRATION["start_search"] = config["registration"].get("start_search")  # null: none
 REGISTRATION["optimiser"] = settings("registration", ("levels", "bins"))  # register_affine's
 
 
-def all_targets():
-    targets = []
+def all_targets(wildcards=None):
+    """Everything of a default run: every case's check; the outputs of the cases that
+    passed it; the tables, which list the failed cases with their reason."""
+    targets = [f"{R}/checks/{n}.json" for n in CASES]
+    usable = set(usable_cases("analogy") + usable_cases("fiducial"))
     for name, case in CASES.items():
+        if name not in usable:
+            continue
         base = f"{R}/preprocessed/{name}"
         targets += [f"{base}/em.tif", f"{base}/lm.tif", f"{base}/landmarks.csv"]
         targets.append(f"{R}/figures/cases/{name}.png")
+        targets.append(f"{R}/export/{name}")
         if case.track == "fiducial":
             targets.append(f"{R}/figures/fiducials/{name}.png")
     if cases_of("fiducial"):
         targets.append(f"{R}/tables/table1_fiducials.md")
-    if len(cases_of("analogy")) > 1:
+    analogy = usable_cases("analogy")
+    if len(analogy) > 1:
         targets.append(f"{R}/tables/prediction_quality.csv")
         targets += [f"{R}/figures/dictionaries/{t}.png" for t in training_sets()]
-        targets += [f"{R}/analogy/{n}/confocal_denoised.tif" for n in cases_of("analogy")]
-        targets += [f"{R}/figures/analogy/{n}.png" for n in cases_of("analogy")]
+        targets += [f"{R}/analogy/{n}/confocal_denoised.tif" for n in analogy]
+        targets += [f"{R}/figures/analogy/{n}.png" for n in analogy]
     if cases_of("analogy"):  # with one case only the TEM itself can be registered
         targets += [f"{R}/tables/table2_registration.md", f"{R}/figures/table2_errors.png"]
         if config["registration"]["capture_range"]["trials"] > 0:
@@ -233,3 +320,36 @@ def confocal_psf_fwhm_um():
     if phantom.get("model", "realistic") == "realistic":
         return phantom["realistic"]["lateral_fwhm_um"]
     return phantom["psf_fwhm_um"]
+
+
+# Exports (workflow/rules/export.smk)
+# config "export" with its defaults (the section is optional in the schema).
+EXPORT = {
+    "route": "consensus",
+    "fiducial_method": "auto",
+    "images": True,
+    "interpolation_order": 1,
+} | config.get("export", {})
+# The fiducial methods' transform files (rule register_fiducials).
+EXPORT_FIDUCIAL_METHODS = ("algorithm1", "gaussian_baseline", "robust")
+
+
+def export_result_names(wildcards):
+    """What a case's answers are named by: registration sources (analogy) or methods."""
+    if CASES[wildcards.case].track == "analogy":
+        return registration_sources()
+    return list(EXPORT_FIDUCIAL_METHODS)
+
+
+def export_inputs(wildcards):
+    """A case's raw images and landmarks, its frame record, and its answers' files (in
+    the order of export_result_names)."""
+    case = CASES[wildcards.case]
+    files = {"em": case.em, "lm": case.lm, "landmarks": case.landmarks}
+    files["frame"] = f"{R}/preprocessed/{wildcards.case}/frame.json"
+    names = export_result_names(wildcards)
+    if case.track == "analogy":
+        files["results"] = [f"{R}/registration/{wildcards.case}/{s}.json" for s in names]
+    else:
+        files["results"] = [f"{R}/fiducials/{wildcards.case}/{m}_transform.json" for m in names]
+    return files

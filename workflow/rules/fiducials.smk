@@ -40,8 +40,9 @@ rule register_fiducials:
 
 rule table1:
     input:
-        summaries=expand(f"{R}/fiducials/{{case}}/summary.json", case=cases_of("fiducial")),
-        frames=expand(f"{R}/preprocessed/{{case}}/frame.json", case=cases_of("fiducial")),
+        summaries=lambda wc: [f"{R}/fiducials/{n}/summary.json" for n in usable_cases("fiducial")],
+        frames=lambda wc: [f"{R}/preprocessed/{n}/frame.json" for n in usable_cases("fiducial")],
+        checks=check_files("fiducial"),
     output:
         long=f"{R}/tables/table1_fiducials_long.csv",
         csv=f"{R}/tables/table1_fiducials.csv",

@@ -5,6 +5,37 @@
 # would shrink a 100 nm bead to 1.5 px).
 
 
+# What the case check and preprocessing need to judge an input (the smallest usable image).
+CHECKS = {
+    "preprocess": settings("preprocess", ("px_per_um", "margin_um")),
+    "patch_size": config["analogy"]["patch_size"],
+    "fiducials": settings("fiducials", ("bead_diameter_nm", "em_psf_fwhm_nm", "lm_psf_fwhm_nm")),
+}
+
+
+checkpoint check_case:
+    """Every case is checked first; a bad one is reported failed, never stops the run."""
+    input:
+        unpack(existing_case_files),
+    output:
+        f"{R}/checks/{{case}}.json",
+    params:
+        case=case_record,
+        **CHECKS,
+    log:
+        f"{R}/logs/check_case/{{case}}.log",
+    benchmark:
+        f"{R}/benchmarks/check_case/{{case}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    conda:
+        ENV
+    script:
+        "../../scripts/check_case.py"
+
+
 rule preprocess_analogy:
     input:
         unpack(case_files),
@@ -18,7 +49,7 @@ rule preprocess_analogy:
         case=constraint(cases_of("analogy")),
     params:
         case=case_record,
-        preprocess=settings("preprocess", ("px_per_um", "margin_um")),
+        **CHECKS,
     log:
         f"{R}/logs/preprocess/{{case}}.log",
     benchmark:
@@ -45,6 +76,7 @@ rule preprocess_fiducial:
         case=constraint(cases_of("fiducial")),
     params:
         case=case_record,
+        **CHECKS,
     log:
         f"{R}/logs/preprocess/{{case}}.log",
     benchmark:

@@ -60,7 +60,8 @@ rule evaluate:
 
 rule table2:
     input:
-        expand(f"{R}/registration/{{case}}/errors.csv", case=cases_of("analogy")),
+        errors=lambda wc: [f"{R}/registration/{n}/errors.csv" for n in usable_cases("analogy")],
+        checks=check_files("analogy"),
     output:
         long=f"{R}/tables/table2_registration_long.csv",
         csv=f"{R}/tables/table2_registration.csv",
@@ -77,6 +78,7 @@ rule table2:
         ),
     params:
         px_per_um=config["preprocess"]["px_per_um"],
+        routes=table2_routes(),  # the columns a failed case fills with its reason
     log:
         f"{R}/logs/table2.log",
     benchmark:
@@ -107,6 +109,7 @@ rule capture_range:
         case=constraint(cases_of("analogy")),
     params:
         optimiser=REGISTRATION["optimiser"],
+        start_search=REGISTRATION["start_search"],
         capture=config["registration"]["capture_range"],
         confidence=config["registration"]["confidence"],
         sources=registration_sources(),
@@ -127,11 +130,11 @@ rule capture_range:
 
 rule capture_table:
     input:
-        expand(
-            f"{R}/registration/{{case}}/capture_{{source}}.csv",
-            case=cases_of("analogy"),
-            source=registration_sources(),
-        ),
+        lambda wc: [
+            f"{R}/registration/{n}/capture_{s}.csv"
+            for n in usable_cases("analogy")
+            for s in registration_sources()
+        ],
     output:
         summary=report(
             f"{R}/tables/capture_range.csv",

@@ -1,0 +1,886 @@
+"""Registration results out to Fiji (BigWarp), Icy (ec-CLEM) and ITK, between the raw images.
+
+Frames
+------
+A clemalign frame is um from the outer corner of pixel (0, 0) of an image, x along
+columns, y along rows (:mod:`clemalign`). What the export deals with:
+
+* **raw EM frame, raw LM frame**: the electron and the light micrograph as the case
+  names them (``data/{case}/em.tif``, ``lm.tif`` or the case sheet's files), at their own
+  pixel sizes (the sheet's ``em_px_per_um`` / ``lm_px_per_um`` when given, else the
+  file's). Every exported transform maps raw EM um to raw LM um.
+* **working frames of the analogy track**: the preprocessed TEM is the raw TEM resampled
+  whole by :func:`clemalign.preprocess.resample` with origin (0, 0) (output pixel ``j``
+  centred at ``(j + 0.5) / p`` um of the input frame), so it *is* the raw TEM frame at
+  another sampling; the confocal crop's corner lies at ``lm_crop_origin_um`` of the raw
+  LM frame (``frame.json``). A registration answer maps TEM um to crop um, hence
+  ``raw = translation(lm_crop_origin_um) @ answer`` (:func:`raw_frame_matrix`).
+* **the fiducial track** registers the raw images at their own sampling, uncropped: its
+  answers are already between the raw frames (crop origin (0, 0)).
+
+Which answer
+------------
+A case has many answers; one is exported (:func:`choose_answer`). Analogy track
+(``export.route``): ``consensus``, the answer with the smallest median distance to the
+case's other answers that did not fail (:func:`clemalign.confidence.consensus`), or a
+named ``source/measure`` such as ``raw/mi``; its status is downgraded as Table 2's is when
+it lies far from the consensus. Fiducial track (``export.fiducial_method``): ``auto``,
+the first ``ok`` of :data:`FIDUCIAL_EXPORT_ORDER` (else the first ``uncertain``), or a
+named method. When nothing is usable the status is ``failed: <reason>`` and only
+``transform.json`` is written.
+
+Files (:func:`export_case`)
+---------------------------
+``transform.json`` (both directions, both frames, status, route), ``transform.tfm``
+(ITK), ``ecclem.xml`` (ec-CLEM), ``bigwarp_landmarks.csv`` (BigWarp), ``em_on_lm.tif``
+and ``lm_on_em.tif`` (each image resampled onto the other's raw grid), ``residuals.csv``
+(per landmark). The half-pixel conventions of the tools are :mod:`clemalign.formats`'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .formats import write_bigwarp_landmarks, write_ecclem_transform, write_itk_transform
+from .io import LANDMARK_COLUMNS, landmark_points, write_json, write_tiff
+from .transforms import Transform, apply, fit_affine, translation_matrix, warp_image
+
+#: ``export.route`` value that exports the case's consensus answer.
+CONSENSUS = "consensus"
+#: ``export.fiducial_method`` value that picks the first usable method.
+AUTO = "auto"
+#: Fiducial methods in the order ``auto`` tries them: the robust mode first (made for
+#: crowded real bead images), then the paper's Algorithm 1, then the baseline of [5].
+FIDUCIAL_EXPORT_ORDER = ("robust", "algorithm1", "gaussian_baseline")
+#: Files an export writes besides ``transform.json``, only when an answer is usable.
+EXCHANGE_FILES = (
+    "transform.tfm",
+    "ecclem.xml",
+    "bigwarp_landmarks.csv",
+    "em_on_lm.tif",
+    "lm_on_em.tif",
+    "residuals.csv",
+)
+#: Columns of ``residuals.csv``: landmark positions in the raw frames (um), the EM
+#: landmark mapped by the exported transform (um, raw LM frame), its distance to the LM
+#: landmark, and the distance left when the landmark is predicted by the least-squares
+#: affine of the *other* landmarks (leave-one-out, independent of the registration).
+RESIDUAL_COLUMNS = [
+    *LANDMARK_COLUMNS,
+    "mapped_lm_x_um",
+    "mapped_lm_y_um",
+    "residual_um",
+    "loo_affine_residual_um",
+]
+#: Output pixels resampled at once (larger grids go in strips of rows): 4 Mpx, about
+#: 250 MB of coordinates in :func:`clemalign.transforms.warp_image`.
+STRIP_PIXELS = 1 << 22
+#: What each file holds, as transform.json lists it.
+FILE_NOTES = {
+    "transform.tfm": "ITK text transform (SimpleITK, elastix, ANTs): maps LM (fixed) points to "
+    "EM (moving) points, for images read with ITK origin 0 and spacing 1/px_per_um um",
+    "ecclem.xml": "ec-CLEM (Icy) transformation: EM (source) um -> LM (target) um",
+    "bigwarp_landmarks.csv": "BigWarp (Fiji) landmarks: moving = EM, fixed = LM, um with pixel i "
+    "centred at i/px_per_um; open both raw images calibrated in um",
+    "em_on_lm.tif": "raw EM resampled onto the raw LM grid (LM pixel size, NaN outside the EM)",
+    "lm_on_em.tif": "raw LM analysis channel resampled onto the raw EM grid (EM pixel size, NaN "
+    "outside the LM)",
+    "residuals.csv": "per landmark: raw-frame positions, EM landmark mapped by the transform, its "
+    "residual, and the leave-one-out residual of the affine fitted to the other landmarks (um)",
+}
+
+
+# ------------------------------------------------------------------------------ frames
+
+
+def raw_frame_matrix(
+    matrix_um: np.ndarray,
+    lm_crop_origin_um: Sequence[float],
+    em_crop_origin_um: Sequence[float] = (0.0, 0.0),
+) -> np.ndarray:
+    """An EM -> LM affine between working frames, expressed between the raw frames.
+
+    A working frame whose corner lies at ``origin`` of its raw frame has
+    ``raw um = working um + origin``, so
+    ``raw = translation(lm_crop_origin_um) @ matrix_um @ translation(-em_crop_origin_um)``.
+
+    Parameters
+    ----------
+    matrix_um : ndarray, shape (3, 3)
+        Working EM um -> working LM um (the analogy track: TEM um -> confocal-crop um).
+    lm_crop_origin_um : (float, float)
+        (x, y) of the LM working frame's corner in the raw LM frame, um
+        (``frame.json``'s ``lm_crop_origin_um``).
+    em_crop_origin_um : (float, float)
+        The same for the EM (0, 0: the preprocessed TEM is the whole raw TEM).
+
+    Returns
+    -------
+    ndarray, shape (3, 3)
+        Raw EM um -> raw LM um.
+    """
+    to_raw_lm = translation_matrix(*map(float, lm_crop_origin_um))
+    from_raw_em = translation_matrix(*(-float(v) for v in em_crop_origin_um))
+    return to_raw_lm @ np.asarray(matrix_um, dtype=float) @ from_raw_em
+
+
+def describe(matrix_um: np.ndarray) -> str:
+    """The affine in words: rotation, stretches, mirror, translation."""
+    linear = np.asarray(matrix_um, float)[:2, :2]
+    u, stretch, vt = np.linalg.svd(linear)
+    mirrored = np.linalg.det(linear) < 0
+    rotation = u @ np.diag([1.0, -1.0 if mirrored else 1.0]) @ vt
+    angle_deg = float(np.degrees(np.arctan2(rotation[1, 0], rotation[0, 0])))
+    tx_um, ty_um = np.asarray(matrix_um, float)[:2, 2]
+    return (
+        f"rotation {angle_deg:.2f} deg, scale {stretch[0]:.4f} / {stretch[1]:.4f} (largest / "
+        f"smallest stretch), {'mirrored' if mirrored else 'not mirrored'}, translation "
+        f"({tx_um:.3f}, {ty_um:.3f}) um"
+    )
+
+
+def invertible(matrix_um: np.ndarray | None) -> bool:
+    """Whether a matrix is a finite affine with an invertible linear part."""
+    if matrix_um is None:
+        return False
+    matrix = np.asarray(matrix_um, dtype=float)
+    if matrix.shape != (3, 3) or not np.all(np.isfinite(matrix)):
+        return False
+    return bool(abs(np.linalg.det(matrix[:2, :2])) > 1e-12)
+
+
+# ------------------------------------------------------------------- which answer
+
+
+def status_kind(status: str) -> str:
+    """``ok``, ``uncertain`` or ``failed``: the word before the reason of a status."""
+    return status.split(":")[0].strip()
+
+
+def first_usable(statuses: Mapping[str, str], order: Sequence[str]) -> str | None:
+    """The first name of ``order`` whose status is ``ok``, else the first ``uncertain``.
+
+    Parameters
+    ----------
+    statuses : mapping
+        Name -> status of the answers that have a transform.
+    order : sequence of str
+        Names in order of preference (names absent from ``statuses`` are skipped).
+
+    Returns
+    -------
+    str or None
+        None when no answer is ``ok`` or ``uncertain``.
+    """
+    for wanted in ("ok", "uncertain"):
+        for name in order:
+            if name in statuses and status_kind(statuses[name]) == wanted:
+                return name
+    return None
+
+
+@dataclass
+class ExportChoice:
+    """The answer a case exports.
+
+    Attributes
+    ----------
+    status : str
+        ``ok``, ``uncertain: <reason>`` or ``failed: <reason>``.
+    matrix_um : ndarray or None
+        The answer between the working frames (EM um -> working LM um); None when failed.
+    route : str or None
+        The answer's name (``source/measure`` or a fiducial method); None when failed.
+    requested : str
+        What the config asked for (``consensus``, ``raw/mi``, ``auto``, ``robust``...).
+    how : str
+        Why this answer (or why none).
+    answers : dict
+        Every answer of the case and its status, for the record.
+    """
+
+    status: str
+    matrix_um: np.ndarray | None
+    route: str | None
+    requested: str
+    how: str
+    answers: dict[str, str] = field(default_factory=dict)
+
+    def record(self) -> dict:
+        """``transform.json``'s ``route``: requested, chosen, why, and every answer."""
+        return {
+            "requested": self.requested,
+            "chosen": self.route,
+            "how": self.how,
+            "answers": dict(self.answers),
+        }
+
+
+def _failed(reason: str, requested: str, answers: Mapping[str, str]) -> ExportChoice:
+    return ExportChoice(f"failed: {reason}", None, None, requested, reason, dict(answers))
+
+
+def _why_unusable(status: str) -> str:
+    """A failed status as it is; any other status of an answer without a transform says so."""
+    return status if status_kind(status) == "failed" else f"has no transform ({status})"
+
+
+def _kinds(statuses: Mapping[str, str]) -> str:
+    """``a failed, b uncertain`` for a reason."""
+    return ", ".join(f"{name} {status_kind(s)}" for name, s in statuses.items()) or "none"
+
+
+def analogy_answers(results: Mapping[str, Mapping]) -> dict[str, tuple[str, np.ndarray | None]]:
+    """Every answer of an analogy case: ``source/measure`` -> (status, matrix or None).
+
+    Parameters
+    ----------
+    results : mapping
+        Source -> that source's registration record (``registration/{case}/{source}.json``:
+        ``{"measures": {measure: {"status", "matrix", ...}}}``).
+    """
+    return {
+        f"{source}/{measure}": (
+            str(r["status"]),
+            np.asarray(r["matrix"], float) if r.get("matrix") is not None else None,
+        )
+        for source, record in results.items()
+        for measure, r in record["measures"].items()
+    }
+
+
+def _pick_consensus(
+    usable: Mapping[str, np.ndarray], agreed: tuple[str, np.ndarray] | None, statuses: Mapping
+) -> tuple[str | None, str]:
+    """The consensus answer, or with fewer than three usable answers the first ok one."""
+    if agreed is not None:
+        how = (
+            f"consensus: of the {len(usable)} answers that did not fail, the one with the "
+            "smallest median distance to the others over the TEM grid"
+        )
+        return agreed[0], how
+    if not usable:
+        return None, f"no registration of this case is usable ({_kinds(statuses)})"
+    name = first_usable({n: statuses[n] for n in usable}, list(usable))
+    how = (
+        f"only {len(usable)} answer(s) did not fail, a consensus needs 3: the first ok (else "
+        "uncertain) one in route order"
+    )
+    return name, how
+
+
+def _pick_named(route: str, answers: Mapping[str, tuple]) -> tuple[str | None, str]:
+    """The named route when it has a usable answer, else None and why not."""
+    if route not in answers:
+        return None, f"route {route} is not a registration of this case ({', '.join(answers)})"
+    status, matrix = answers[route]
+    if matrix is None or status_kind(status) == "failed":
+        return None, f"the requested route {route} {_why_unusable(status)}"
+    return route, f"the route named by export.route ({route})"
+
+
+def choose_analogy_answer(
+    results: Mapping[str, Mapping],
+    route: str,
+    em_shape: Sequence[int],
+    em_px_per_um: float,
+    limits: Mapping | None = None,
+) -> ExportChoice:
+    """The answer an analogy case exports (``export.route``); never raises on bad answers.
+
+    Parameters
+    ----------
+    results : mapping
+        Source -> registration record (see :func:`analogy_answers`).
+    route : str
+        ``consensus`` or ``source/measure``.
+    em_shape : (int, int)
+        (rows, cols) of the preprocessed TEM (the grid distances are measured on).
+    em_px_per_um : float
+        Its sampling, px/um.
+    limits : mapping, optional
+        ``registration.confidence`` (:class:`clemalign.confidence.ConfidenceLimits`): a
+        named route farther than ``agree_um`` from the consensus becomes uncertain, as in
+        Table 2.
+
+    Returns
+    -------
+    ExportChoice
+        With the matrix between the working frames (TEM um -> crop um).
+    """
+    from .confidence import ConfidenceLimits, consensus, with_consensus
+    from .routes import case_answers
+
+    answers = analogy_answers(results)
+    statuses = {name: status for name, (status, _) in answers.items()}
+    usable = case_answers(results)
+    shape = (int(em_shape[0]), int(em_shape[1]))
+    agreed = consensus(usable, shape, em_px_per_um)
+    if route == CONSENSUS:
+        name, how = _pick_consensus(usable, agreed, statuses)
+    else:
+        name, how = _pick_named(route, answers)
+    if name is None:
+        return _failed(how, route, statuses)
+    matrix = answers[name][1]
+    checks = ConfidenceLimits.from_config(limits)
+    status = with_consensus(statuses[name], matrix, agreed, shape, em_px_per_um, checks)
+    return ExportChoice(status, matrix, name, route, how, statuses)
+
+
+def fiducial_status(record: Mapping) -> str:
+    """Status of a fiducial method's transform record (a matrix without one is ``ok``)."""
+    if "status" in record:
+        return str(record["status"])
+    return "ok" if record.get("matrix") is not None else "failed: no transform"
+
+
+def choose_fiducial_answer(records: Mapping[str, Mapping], method: str = AUTO) -> ExportChoice:
+    """The answer a fiducial case exports (``export.fiducial_method``); never raises.
+
+    Parameters
+    ----------
+    records : mapping
+        Method -> its ``fiducials/{case}/{method}_transform.json`` (``matrix`` raw SEM um ->
+        raw LM um, or null, and ``status``).
+    method : str
+        ``auto`` (the first ``ok`` of :data:`FIDUCIAL_EXPORT_ORDER`, else the first
+        ``uncertain``) or a method name.
+
+    Returns
+    -------
+    ExportChoice
+    """
+    statuses = {m: fiducial_status(r) for m, r in records.items()}
+    usable = {
+        m: s
+        for m, s in statuses.items()
+        if records[m].get("matrix") is not None and status_kind(s) != "failed"
+    }
+    if method == AUTO:
+        order = [*FIDUCIAL_EXPORT_ORDER, *(m for m in records if m not in FIDUCIAL_EXPORT_ORDER)]
+        name = first_usable(usable, order)
+        how = f"the first ok (else uncertain) of {', '.join(order)}"
+        if name is None:
+            return _failed(f"no fiducial method is usable ({_kinds(statuses)})", method, statuses)
+    elif method not in records:
+        reason = f"fiducial method {method} is not among this case's ({', '.join(records)})"
+        return _failed(reason, method, statuses)
+    elif method not in usable:
+        reason = f"the requested fiducial method {method} {_why_unusable(statuses[method])}"
+        return _failed(reason, method, statuses)
+    else:
+        name, how = method, f"the method named by export.fiducial_method ({method})"
+    matrix = np.asarray(records[name]["matrix"], dtype=float)
+    return ExportChoice(statuses[name], matrix, name, method, how, statuses)
+
+
+def choose_answer(
+    track: str,
+    results: Mapping[str, Mapping],
+    frame: Mapping,
+    settings: Mapping,
+    limits: Mapping | None = None,
+) -> ExportChoice:
+    """:func:`choose_analogy_answer` or :func:`choose_fiducial_answer` by track.
+
+    Parameters
+    ----------
+    track : {"analogy", "fiducial"}
+    results : mapping
+        Analogy: source -> registration record; fiducial: method -> transform record.
+    frame : mapping
+        The case's ``frame.json`` (``em_shape``, ``em_px_per_um`` of the working TEM).
+    settings : mapping
+        The ``export`` config section (``route``, ``fiducial_method``).
+    limits : mapping, optional
+        ``registration.confidence``.
+    """
+    if track == "analogy":
+        route = settings.get("route", CONSENSUS)
+        return choose_analogy_answer(
+            results, route, frame["em_shape"], frame["em_px_per_um"], limits
+        )
+    return choose_fiducial_answer(results, settings.get("fiducial_method", AUTO))
+
+
+# ---------------------------------------------------------------------- raw images
+
+
+@dataclass
+class RawPair:
+    """A case's raw images as the export uses them.
+
+    Attributes
+    ----------
+    em : ndarray of float32
+        EM luminance in [0, 1], raw grid.
+    em_px_per_um : float
+    lm : ndarray of float32
+        The LM's analysis channel in [0, 1] (a z-stack as the case's ``lm_z`` says), raw grid.
+    lm_px_per_um : float
+    em_path, lm_path : str
+        The files.
+    landmarks : DataFrame
+        The case's landmark pairs in the raw frames, um (may be empty).
+    channel : str or int
+        The LM channel.
+    """
+
+    em: np.ndarray
+    em_px_per_um: float
+    lm: np.ndarray
+    lm_px_per_um: float
+    em_path: str
+    lm_path: str
+    landmarks: pd.DataFrame
+    channel: str | int = "green"
+
+    @property
+    def em_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the EM."""
+        return int(self.em.shape[0]), int(self.em.shape[1])
+
+    @property
+    def lm_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the LM."""
+        return int(self.lm.shape[0]), int(self.lm.shape[1])
+
+
+def raw_pair(case: Mapping) -> RawPair:
+    """Read a case's raw images and landmarks as preprocessing reads them.
+
+    :func:`clemalign.preprocess.load_case_inputs` (the sheet's pixel sizes over the
+    file's, z projection, the input checks), then the EM's luminance and the LM's
+    ``channel``, as float32 in [0, 1].
+
+    Parameters
+    ----------
+    case : mapping
+        A :class:`clemalign.cases.Case` as dict.
+    """
+    from .preprocess import load_case_inputs, select_channel, to_unit_float
+
+    raw = load_case_inputs(dict(case))
+    channel = case.get("channel", "green")
+    em = np.asarray(to_unit_float(select_channel(raw.em, "gray")), dtype=np.float32)
+    lm = np.asarray(to_unit_float(select_channel(raw.lm, channel)), dtype=np.float32)
+    return RawPair(
+        em,
+        raw.em_px_per_um,
+        lm,
+        raw.lm_px_per_um,
+        str(case["em"]),
+        str(case["lm"]),
+        raw.landmarks,
+        channel,
+    )
+
+
+# --------------------------------------------------------------------------- records
+
+
+def grid_record(
+    moving_px_per_um: float,
+    fixed_px_per_um: float,
+    moving_shape: Sequence[int],
+    fixed_shape: Sequence[int],
+) -> dict:
+    """Pixel sizes (px/um) and shapes (rows, cols) of the two images, as
+    ``transform.json``'s ``extra`` keeps them (``clemalign export`` reads them back)."""
+    return {
+        "moving_px_per_um": float(moving_px_per_um),
+        "fixed_px_per_um": float(fixed_px_per_um),
+        "moving_shape": [int(n) for n in moving_shape],
+        "fixed_shape": [int(n) for n in fixed_shape],
+    }
+
+
+def transform_record(
+    status: str,
+    matrix_um: np.ndarray | None,
+    moving: str,
+    fixed: str,
+    method: str,
+    extra: Mapping | None = None,
+    rejected_um: np.ndarray | None = None,
+) -> dict:
+    """A transform file: :meth:`clemalign.transforms.Transform.to_dict` plus ``status``;
+    without a matrix ``matrix: null`` (as a fiducial method's transform file) and, when
+    given, the matrix the checks rejected as ``rejected_matrix``."""
+    extra = dict(extra or {})
+    if matrix_um is not None:
+        return {**Transform(matrix_um, moving, fixed, method, extra).to_dict(), "status": status}
+    rejected = {} if rejected_um is None else {"rejected_matrix": np.asarray(rejected_um).tolist()}
+    return {
+        "matrix": None,
+        "units": "um",
+        "direction": "moving_to_fixed",
+        "moving": moving,
+        "fixed": fixed,
+        "method": method,
+        "status": status,
+        **rejected,
+        **({"extra": extra} if extra else {}),
+    }
+
+
+def frames_record(pair: RawPair, lm_crop_origin_um: Sequence[float], track: str) -> dict:
+    """What the frames of ``transform.json`` are, in words and numbers."""
+    corner = "um from the outer corner of pixel (0, 0), x along columns, y along rows"
+    working = (
+        "the registration ran between the preprocessed TEM (the raw TEM resampled whole, "
+        "origin kept: the raw TEM frame) and the confocal crop whose corner is at "
+        "lm_crop_origin_um of the raw LM frame"
+        if track == "analogy"
+        else "the fiducial track registers the raw images at their own sampling, uncropped"
+    )
+    return {
+        "em": f"raw EM {pair.em_path}: {corner}; {pair.em_px_per_um:g} px/um, "
+        f"{pair.em_shape[0]} x {pair.em_shape[1]} px (rows x cols)",
+        "lm": f"raw LM {pair.lm_path} (channel {pair.channel}): {corner}; "
+        f"{pair.lm_px_per_um:g} px/um, {pair.lm_shape[0]} x {pair.lm_shape[1]} px",
+        "working": working,
+        "lm_crop_origin_um": [float(v) for v in lm_crop_origin_um],
+    }
+
+
+def export_record(
+    case: str,
+    track: str,
+    choice: ExportChoice,
+    lm_crop_origin_um: Sequence[float],
+    pair: RawPair,
+) -> dict:
+    """``transform.json`` of an export: the raw-frame transform (a clemalign transform
+    file, so ``clemalign warp``/``export``/``evaluate`` read it), its inverse, the
+    working-frame answer it was composed from, the frames, the status and the route."""
+    raw = (
+        None if choice.matrix_um is None else raw_frame_matrix(choice.matrix_um, lm_crop_origin_um)
+    )
+    grid = grid_record(pair.em_px_per_um, pair.lm_px_per_um, pair.em_shape, pair.lm_shape)
+    method = f"{track} track: {choice.route or 'no answer'} ({choice.how})"
+    record = {
+        "case": case,
+        "track": track,
+        "status": choice.status,
+        "route": choice.record(),
+        **transform_record(choice.status, raw, pair.em_path, pair.lm_path, method, grid),
+    }
+    record["frames"] = frames_record(pair, lm_crop_origin_um, track)
+    if raw is not None:
+        record["summary"] = describe(raw)
+        record["lm_to_em"] = {
+            "matrix": np.linalg.inv(raw).tolist(),
+            "direction": "fixed_to_moving",
+            "convention": "x_em = M @ [x_lm, y_lm, 1], um of the raw frames",
+        }
+    record["working_frames"] = {
+        "matrix": None if choice.matrix_um is None else np.asarray(choice.matrix_um).tolist(),
+        "moving": "EM working frame (analogy: preprocessed TEM = raw TEM frame)",
+        "fixed": "LM working frame (analogy: confocal crop; fiducial: raw LM)",
+        "lm_crop_origin_um": [float(v) for v in lm_crop_origin_um],
+        "to_raw": "matrix = translation(lm_crop_origin_um) @ working_frames.matrix",
+    }
+    return record
+
+
+# --------------------------------------------------------------------- exchange files
+
+
+def bigwarp_grid(
+    matrix_um: np.ndarray, moving_px_per_um: float, moving_shape: Sequence[int]
+) -> pd.DataFrame:
+    """The affine as 3 x 3 corresponding points over the moving field (BigWarp's thin-plate
+    spline and affine fits reproduce an affine exactly from such points)."""
+    rows, cols = moving_shape[:2]
+    xs_um = np.array([0.1, 0.5, 0.9]) * cols / moving_px_per_um
+    ys_um = np.array([0.1, 0.5, 0.9]) * rows / moving_px_per_um
+    em = np.array([(x, y) for y in ys_um for x in xs_um])
+    lm = apply(matrix_um, em)
+    return pd.DataFrame(
+        {
+            "name": [f"grid{i + 1}" for i in range(len(em))],
+            "em_x_um": em[:, 0],
+            "em_y_um": em[:, 1],
+            "lm_x_um": lm[:, 0],
+            "lm_y_um": lm[:, 1],
+        },
+        columns=LANDMARK_COLUMNS,
+    )
+
+
+def write_exchange_files(
+    out: str | Path, matrix_um: np.ndarray, grid: Mapping, landmarks: pd.DataFrame | None
+) -> list[Path]:
+    """``transform.tfm`` (ITK), ``ecclem.xml`` (ec-CLEM) and, with landmarks,
+    ``bigwarp_landmarks.csv`` (BigWarp), in the conventions of :mod:`clemalign.formats`.
+
+    Parameters
+    ----------
+    out : str or Path
+        Folder.
+    matrix_um : ndarray, shape (3, 3)
+        EM (moving) um -> LM (fixed) um.
+    grid : mapping
+        :func:`grid_record` of the two images.
+    landmarks : DataFrame or None
+        Landmark pairs (um) to write for BigWarp; None: no BigWarp file.
+    """
+    out = Path(out)
+    mppu, fppu = grid["moving_px_per_um"], grid["fixed_px_per_um"]
+    write_itk_transform(out / "transform.tfm", matrix_um, mppu, fppu)
+    mshape, fshape = tuple(grid["moving_shape"]), tuple(grid["fixed_shape"])
+    write_ecclem_transform(out / "ecclem.xml", matrix_um, mppu, fppu, mshape, fshape)
+    written = [out / "transform.tfm", out / "ecclem.xml"]
+    if landmarks is not None:
+        write_bigwarp_landmarks(out / "bigwarp_landmarks.csv", landmarks, mppu, fppu)
+        written.append(out / "bigwarp_landmarks.csv")
+    return written
+
+
+def warp_to_grid(
+    image: np.ndarray,
+    image_px_per_um: float,
+    matrix_um: np.ndarray,
+    grid_shape: Sequence[int],
+    grid_px_per_um: float,
+    order: int = 1,
+    max_pixels: int = STRIP_PIXELS,
+) -> np.ndarray:
+    """:func:`clemalign.transforms.warp_image` onto a grid, in strips of rows when large.
+
+    A strip starting at row ``r0`` is the warp through ``translation(0, -r0 / p) @
+    matrix_um`` (its rows are the grid's rows from ``r0``), so the result equals one
+    warp of the whole grid; a grid of at most ``max_pixels`` is warped at once.
+
+    Parameters
+    ----------
+    image : ndarray
+        2D image at ``image_px_per_um``.
+    matrix_um : ndarray, shape (3, 3)
+        Image um -> grid um.
+    grid_shape : (int, int)
+        (rows, cols) of the output.
+    grid_px_per_um : float
+        Output sampling.
+    order : int
+        Interpolation order (0 nearest, 1 linear, 3 cubic).
+    max_pixels : int
+        Output pixels per strip at most.
+
+    Returns
+    -------
+    ndarray of float32
+        NaN outside the image.
+    """
+    rows, cols = int(grid_shape[0]), int(grid_shape[1])
+    step = max(1, int(max_pixels) // max(cols, 1))
+    if rows <= step:
+        return warp_image(image, image_px_per_um, matrix_um, (rows, cols), grid_px_per_um, order)
+    out = np.empty((rows, cols), dtype=np.float32)
+    for r0 in range(0, rows, step):
+        shift = translation_matrix(0.0, -r0 / grid_px_per_um) @ matrix_um
+        n = min(step, rows - r0)
+        out[r0 : r0 + n] = warp_image(
+            image, image_px_per_um, shift, (n, cols), grid_px_per_um, order
+        )
+    return out
+
+
+def write_warped(
+    path: str | Path,
+    image: np.ndarray,
+    image_px_per_um: float,
+    matrix_um: np.ndarray,
+    grid_shape: Sequence[int],
+    grid_px_per_um: float,
+    order: int = 1,
+    description: Mapping | None = None,
+) -> Path:
+    """An image resampled onto another image's grid (:func:`warp_to_grid`, NaN outside),
+    written as an ImageJ TIFF with the grid's pixel size (:func:`clemalign.io.write_tiff`)."""
+    warped = warp_to_grid(image, image_px_per_um, matrix_um, grid_shape, grid_px_per_um, order)
+    write_tiff(path, warped, grid_px_per_um, dict(description or {}))
+    return Path(path)
+
+
+# ------------------------------------------------------------------------- residuals
+
+
+def loo_affine_residuals_um(em_xy_um: np.ndarray, lm_xy_um: np.ndarray) -> np.ndarray:
+    """Leave-one-out residual of each landmark under the affine of the others, um.
+
+    For landmark ``i`` the least-squares affine of the other landmarks
+    (:func:`clemalign.transforms.fit_affine`) maps its EM point; the residual is the
+    distance to its LM point. It measures how well the other landmarks predict this one,
+    whatever the registration: a large value points to a misplaced landmark or to a
+    distortion no affine explains. NaN when the others cannot fix an affine (fewer than
+    three, or collinear).
+
+    Parameters
+    ----------
+    em_xy_um, lm_xy_um : ndarray, shape (N, 2)
+        Corresponding points, um.
+
+    Returns
+    -------
+    ndarray, shape (N,)
+    """
+    em = np.asarray(em_xy_um, dtype=float).reshape(-1, 2)
+    lm = np.asarray(lm_xy_um, dtype=float).reshape(-1, 2)
+    out = np.full(len(em), np.nan)
+    for i in range(len(em)):
+        keep = np.arange(len(em)) != i
+        try:
+            affine = fit_affine(em[keep], lm[keep])
+        except ValueError:  # fewer than three others, or collinear
+            continue
+        out[i] = float(np.hypot(*(apply(affine, em[i])[0] - lm[i])))
+    return out
+
+
+def residual_table(landmarks: pd.DataFrame, matrix_um: np.ndarray) -> pd.DataFrame:
+    """``residuals.csv``: per landmark, the columns of :data:`RESIDUAL_COLUMNS`.
+
+    Parameters
+    ----------
+    landmarks : DataFrame
+        Landmark pairs in the frames of ``matrix_um`` (the raw frames), um.
+    matrix_um : ndarray, shape (3, 3)
+        EM um -> LM um.
+    """
+    em_xy, lm_xy = landmark_points(landmarks)
+    mapped = apply(matrix_um, em_xy)
+    table = landmarks[LANDMARK_COLUMNS].copy()
+    table["mapped_lm_x_um"], table["mapped_lm_y_um"] = mapped[:, 0], mapped[:, 1]
+    table["residual_um"] = np.hypot(*(mapped - lm_xy).T)
+    table["loo_affine_residual_um"] = loo_affine_residuals_um(em_xy, lm_xy)
+    return table[RESIDUAL_COLUMNS]
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def remove_stale(out: Path) -> None:
+    """Delete the exchange files an earlier export left in ``out`` (only those names)."""
+    for name in EXCHANGE_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def write_images(out: Path, raw_um: np.ndarray, pair: RawPair, order: int, case: str) -> list[Path]:
+    """``em_on_lm.tif`` (LM grid and pixel size) and ``lm_on_em.tif`` (EM grid and pixel
+    size), each image resampled through the raw-frame transform, NaN outside."""
+    em_on_lm = write_warped(
+        out / "em_on_lm.tif",
+        pair.em,
+        pair.em_px_per_um,
+        raw_um,
+        pair.lm_shape,
+        pair.lm_px_per_um,
+        order,
+        {"case": case, "image": pair.em_path, "grid": f"raw LM {pair.lm_path}"},
+    )
+    lm_on_em = write_warped(
+        out / "lm_on_em.tif",
+        pair.lm,
+        pair.lm_px_per_um,
+        np.linalg.inv(raw_um),
+        pair.em_shape,
+        pair.em_px_per_um,
+        order,
+        {"case": case, "image": pair.lm_path, "grid": f"raw EM {pair.em_path}"},
+    )
+    return [em_on_lm, lm_on_em]
+
+
+def _unusable(choice: ExportChoice, lm_crop_origin_um: Sequence[float]) -> ExportChoice:
+    """``choice`` failed when its raw-frame matrix is not an invertible affine."""
+    if choice.matrix_um is None:
+        return choice
+    if invertible(raw_frame_matrix(choice.matrix_um, lm_crop_origin_um)):
+        return choice
+    reason = f"the answer of {choice.route} is not an invertible affine"
+    return _failed(reason, choice.requested, choice.answers)
+
+
+def export_case(
+    out: str | Path,
+    case: str,
+    track: str,
+    choice: ExportChoice,
+    lm_crop_origin_um: Sequence[float],
+    pair: RawPair,
+    order: int = 1,
+    images: bool = True,
+) -> dict:
+    """Write a case's export into ``out``; returns ``transform.json``'s record.
+
+    ``transform.json`` always; with a usable answer also ``transform.tfm``,
+    ``ecclem.xml``, ``bigwarp_landmarks.csv`` (the case's landmarks; a 3 x 3 grid of the
+    transform when it has none), ``residuals.csv`` (with landmarks) and, with
+    ``images``, ``em_on_lm.tif`` and ``lm_on_em.tif``. A failed choice writes
+    ``transform.json`` only (and removes exchange files of an earlier export).
+
+    Parameters
+    ----------
+    out : str or Path
+        Folder (``results/export/{case}``).
+    case, track : str
+        Case name and track.
+    choice : ExportChoice
+        :func:`choose_answer`'s answer, between the working frames.
+    lm_crop_origin_um : (float, float)
+        Corner of the LM working frame in the raw LM frame, um ((0, 0) for the fiducial
+        track).
+    pair : RawPair
+        :func:`raw_pair` of the case.
+    order : int
+        Interpolation order of the two images.
+    images : bool
+        Write ``em_on_lm.tif`` and ``lm_on_em.tif``.
+
+    Returns
+    -------
+    dict
+        The record written as ``transform.json`` (``files``: what was written and what
+        each file holds).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale(out)
+    choice = _unusable(choice, lm_crop_origin_um)
+    record = export_record(case, track, choice, lm_crop_origin_um, pair)
+    written: list[Path] = []
+    if choice.matrix_um is not None:
+        written = write_usable(out, record, pair, order, images)
+    record["files"] = {p.name: FILE_NOTES[p.name] for p in written}
+    write_json(out / "transform.json", record)
+    return record
+
+
+def write_usable(
+    out: Path, record: dict, pair: RawPair, order: int = 1, images: bool = True
+) -> list[Path]:
+    """The files of a usable answer (``record``: :func:`export_record`'s, whose matrix is
+    raw EM um -> raw LM um): exchange files, residuals, images. Notes in ``record`` which
+    points BigWarp gets."""
+    raw_um = np.asarray(record["matrix"], dtype=float)
+    landmarks = pair.landmarks if len(pair.landmarks) else None
+    points = landmarks
+    if points is None:
+        points = bigwarp_grid(raw_um, pair.em_px_per_um, pair.em_shape)
+    written = write_exchange_files(out, raw_um, record["extra"], points)
+    record["bigwarp_points"] = "3 x 3 grid of the transform" if landmarks is None else "landmarks"
+    if landmarks is not None:
+        table = residual_table(landmarks, raw_um)
+        table.to_csv(out / "residuals.csv", index=False, float_format="%.6f")
+        written.append(out / "residuals.csv")
+    if images:
+        written += write_images(out, raw_um, pair, order, record["case"])
+    return written
