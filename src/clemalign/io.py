@@ -2,13 +2,16 @@
 
 TIFF files are written as ImageJ hyperstacks whose resolution tags hold pixels per
 micrometre and whose unit is ``um``, so Fiji (and napari through tifffile) show the
-right scale. Reading accepts ImageJ files in um/nm/mm and plain TIFFs whose resolution
-unit is the centimetre or the inch.
+right scale. Reading takes the pixel size from OME-XML, FEI/Thermo Fisher or Zeiss SEM
+metadata when present, else from ImageJ files in um/nm/mm and plain TIFFs whose
+resolution unit is the centimetre or the inch (see :func:`read_pixel_size`).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,23 @@ _UNIT_TO_UM = {
     "nanometer": 1e-3,
     "mm": 1e3,
 }
+
+#: Micrometres per unit of the length units found in OME-XML and SEM metadata
+#: (case-sensitive: OME's ``Mm`` is not ``mm``).
+_LENGTH_UNIT_TO_UM = {
+    "m": 1e6,
+    "mm": 1e3,
+    "um": 1.0,
+    "\u00b5m": 1.0,  # micro sign, OME's spelling
+    "\u03bcm": 1.0,  # Greek small mu
+    "nm": 1e-3,
+    "\u00c5": 1e-4,  # Latin capital A with ring, OME's spelling
+    "\u212b": 1e-4,  # angstrom sign
+    "pm": 1e-6,
+}
+
+#: Errors a present but malformed metadata block may raise while being read.
+_METADATA_ERRORS = (ValueError, TypeError, KeyError, AttributeError, IndexError, ET.ParseError)
 
 
 def write_tiff(
@@ -81,6 +101,22 @@ def write_tiff(
 def read_pixel_size(path: str | Path) -> float | None:
     """Pixels per micrometre stored in a TIFF, or None when the file has none.
 
+    The first of these sources that yields a finite positive size wins:
+
+    1. OME-XML: ``PhysicalSizeX`` of the first Image's ``Pixels``, in
+       ``PhysicalSizeXUnit`` (default ``µm``; ``m``, ``mm``, ``um``/``µm``, ``nm``,
+       ``Å`` and ``pm`` are understood).
+    2. FEI/Thermo Fisher SEM tags (FEI_SFEG 34680 / FEI_HELIOS 34682):
+       ``[Scan] PixelWidth``, else ``[EScan] PixelWidth``, in metres.
+    3. Zeiss SEM tag (CZ_SEM 34118): ``AP_IMAGE_PIXEL_SIZE``, else ``AP_PIXEL_SIZE``,
+       with its own unit (``pm``, ``nm``, ``µm``/``um``, ``mm``).
+    4. The ``XResolution`` tag (pixels per unit) with the ImageJ ``unit``
+       (um/nm/mm), else the TIFF ``ResolutionUnit`` (centimetre, or inch unless the
+       value is a common screen dpi).
+
+    A metadata block that is present but cannot be parsed is skipped.
+    :func:`pixel_size_source` also tells which source gave the value.
+
     Parameters
     ----------
     path : str or Path
@@ -91,29 +127,122 @@ def read_pixel_size(path: str | Path) -> float | None:
     float or None
         px/um along x (columns). None when the file carries no physical unit.
     """
+    return pixel_size_source(path)[0]
+
+
+def pixel_size_source(path: str | Path) -> tuple[float | None, str]:
+    """Pixels per micrometre of a TIFF (as :func:`read_pixel_size`) and its source.
+
+    Parameters
+    ----------
+    path : str or Path
+        A TIFF file.
+
+    Returns
+    -------
+    px_per_um : float or None
+        px/um along x (columns), None when the file carries no physical unit.
+    source : str
+        ``"OME-XML PhysicalSizeX"``, ``"FEI Scan/PixelWidth"``,
+        ``"FEI EScan/PixelWidth"``, ``"Zeiss SEM ap_image_pixel_size"``,
+        ``"Zeiss SEM ap_pixel_size"``, ``"ImageJ/resolution tags"`` or ``"none"``.
+    """
     with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
-        tag = page.tags.get("XResolution")
-        if tag is None:
-            return None
-        num, den = tag.value
-        if num == 0 or den == 0:
-            return None
-        per_unit = num / den
-        ij = tif.imagej_metadata or {}
-        unit = ij.get("unit")
-        if unit is not None:
-            factor = _UNIT_TO_UM.get(str(unit).strip().lower())
-            if factor is None:
-                return None
-            return per_unit * factor  # px per unit -> px per um
-        res_unit = page.tags.get("ResolutionUnit")
-        code = int(res_unit.value) if res_unit is not None else 2
-        if code == 3:  # centimetre
-            return per_unit / 1e4
-        if code == 2 and per_unit not in (72.0, 96.0, 300.0, 1.0):  # inch, not a screen dpi
-            return per_unit / 25400.0
+        sources = [
+            ("OME-XML PhysicalSizeX", lambda: _ome_px_per_um(tif.ome_metadata)),
+            ("FEI Scan/PixelWidth", lambda: _fei_px_per_um(tif.fei_metadata, "Scan")),
+            ("FEI EScan/PixelWidth", lambda: _fei_px_per_um(tif.fei_metadata, "EScan")),
+            (
+                "Zeiss SEM ap_image_pixel_size",
+                lambda: _zeiss_px_per_um(tif.sem_metadata, "ap_image_pixel_size"),
+            ),
+            (
+                "Zeiss SEM ap_pixel_size",
+                lambda: _zeiss_px_per_um(tif.sem_metadata, "ap_pixel_size"),
+            ),
+            ("ImageJ/resolution tags", lambda: _tags_px_per_um(tif)),
+        ]
+        for source, read in sources:
+            try:
+                value = read()
+            except _METADATA_ERRORS:
+                value = None
+            if value is not None:
+                return value, source
+    return None, "none"
+
+
+def _px_per_um(size: object, unit: object) -> float | None:
+    """px/um of a pixel ``size`` in length ``unit``, None unless finite and positive."""
+    factor = _LENGTH_UNIT_TO_UM.get(str(unit).strip())
+    try:
+        size_um = float(size) * factor
+    except (TypeError, ValueError):  # unknown unit or not a number
         return None
+    if not math.isfinite(size_um) or size_um <= 0:
+        return None
+    return 1.0 / size_um
+
+
+def _ome_px_per_um(xml: str | None) -> float | None:
+    """px/um from ``PhysicalSizeX`` of the first OME ``Pixels`` element."""
+    if not xml:
+        return None
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    for element in root.iter():
+        if isinstance(element.tag, str) and element.tag.rsplit("}", 1)[-1] == "Pixels":
+            size = element.get("PhysicalSizeX")
+            if size is None:
+                return None
+            return _px_per_um(size, element.get("PhysicalSizeXUnit", "µm"))
+    return None
+
+
+def _fei_px_per_um(metadata: dict | None, section: str = "Scan") -> float | None:
+    """px/um from ``[section] PixelWidth`` (metres) of tifffile's ``fei_metadata``."""
+    if not isinstance(metadata, dict) or not isinstance(metadata.get(section), dict):
+        return None
+    width = metadata[section].get("PixelWidth")
+    return None if width is None else _px_per_um(width, "m")
+
+
+def _zeiss_px_per_um(metadata: dict | None, key: str = "ap_image_pixel_size") -> float | None:
+    """px/um from a ``(label, value, unit)`` entry of tifffile's ``sem_metadata``."""
+    if not isinstance(metadata, dict):
+        return None
+    entry = metadata.get(key)
+    if not isinstance(entry, tuple) or len(entry) != 3:
+        return None
+    return _px_per_um(entry[1], entry[2])
+
+
+def _tags_px_per_um(tif: tifffile.TiffFile) -> float | None:
+    """px/um from ``XResolution`` with the ImageJ unit or the TIFF ``ResolutionUnit``."""
+    page = tif.pages[0]
+    tag = page.tags.get("XResolution")
+    if tag is None:
+        return None
+    num, den = tag.value
+    if num == 0 or den == 0:
+        return None
+    per_unit = num / den
+    ij = tif.imagej_metadata or {}
+    unit = ij.get("unit")
+    if unit is not None:
+        factor = _UNIT_TO_UM.get(str(unit).strip().lower())
+        if factor is None:
+            return None
+        return per_unit * factor  # px per unit -> px per um
+    res_unit = page.tags.get("ResolutionUnit")
+    code = int(res_unit.value) if res_unit is not None else 2
+    if code == 3:  # centimetre
+        return per_unit / 1e4
+    if code == 2 and per_unit not in (72.0, 96.0, 300.0, 1.0):  # inch, not a screen dpi
+        return per_unit / 25400.0
+    return None
 
 
 def read_image(path: str | Path) -> tuple[np.ndarray, float | None]:
