@@ -13,6 +13,11 @@ MI), the distance between the two, the winner's coarse rotation/scale/mirror, th
 the runner-up, and seconds.
 
     python benchmarks/global_start.py [--results results] [--cases tem01 tem02]
+        [--probes tem sparse]
+
+With both search images (the default, as the workflow's rule global_search) their
+candidates are pooled and every refined placement is scored by the mean correlation
+over both; ``--probes tem`` or ``--probes sparse`` shows each alone.
 """
 
 from __future__ import annotations
@@ -62,6 +67,13 @@ def main() -> None:
     parser.add_argument("--results", default="results")
     parser.add_argument("--cases", nargs="*")
     parser.add_argument("--px-per-um", type=float, default=14.52)
+    parser.add_argument(
+        "--probes",
+        nargs="+",
+        choices=["tem", "sparse"],
+        default=["tem", "sparse"],
+        help="search images: the inverted TEM, the sparse prediction (of a finished run), or both",
+    )
     args = parser.parse_args()
     results = Path(args.results)
     cases = args.cases or sorted(p.name for p in (results / "data").glob("tem*"))
@@ -74,14 +86,20 @@ def main() -> None:
     for case in cases:
         tem, confocal, lm_ppu, truth = raw_case(results, case, args.px_per_um)
         t0 = time.perf_counter()
+        images = {"tem": 1.0 - tem}
+        predicted = results / "analogy" / case / "sparse_predicted.tif"
+        if predicted.is_file():
+            images["sparse"] = np.asarray(read_image(predicted)[0], float)
+        chosen = [images[k] for k in args.probes if k in images]
         found = global_search(
-            1.0 - tem,
+            chosen[0],
             confocal,
             moving_px_per_um=args.px_per_um,
             fixed_px_per_um=lm_ppu,
             search=SearchRange(),
             measure="mi",
             refine_moving=tem,
+            more_probes=chosen[1:],
         )
         seconds = time.perf_counter() - t0
         err = truth_error_um(found.matrix, truth, tem.shape, args.px_per_um)

@@ -5,7 +5,7 @@ import pandas as pd
 from clemalign.fiducials import METHODS
 from clemalign.io import read_json
 from clemalign.runner import job
-from clemalign.tables import failed_case_rows, status_notes, table1, write_table
+from clemalign.tables import concat_rows, failed_case_rows, status_notes, table1, write_table
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 LONG = ["case", "method", "mae_nm", "std_nm", "n_matched", "status"]
@@ -28,7 +28,7 @@ with job(smk) as log:
             )
     checks = [read_json(path) for path in smk.input.checks]
     failed = failed_case_rows(checks, [{"method": m} for m in METHODS], LONG, {"n_matched": 0})
-    long = pd.concat([pd.DataFrame(rows, columns=LONG), failed], ignore_index=True)
+    long = concat_rows(pd.DataFrame(rows, columns=LONG), failed)
     long = long.sort_values("case", kind="stable", ignore_index=True)  # by name, as everywhere
     pixels_nm = [1000.0 / read_json(path)["lm_px_per_um"] for path in smk.input.frames]
     lo, hi = f"{min(pixels_nm, default=0):.3g}", f"{max(pixels_nm, default=0):.3g}"

@@ -6,7 +6,7 @@ from clemalign.evaluation import LONG_COLUMNS
 from clemalign.figures import registration_errors_plot
 from clemalign.io import read_json
 from clemalign.runner import job
-from clemalign.tables import failed_case_rows, status_notes, table2, write_table
+from clemalign.tables import concat_rows, failed_case_rows, status_notes, table2, write_table
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
@@ -16,7 +16,7 @@ with job(smk) as log:
     long = errors[errors["measure"] != "start"][LONG_COLUMNS]
     keys = [{"source": s, "measure": m} for s, m in smk.params.routes]
     failed = failed_case_rows([read_json(p) for p in smk.input.checks], keys, LONG_COLUMNS)
-    long = pd.concat([long, failed], ignore_index=True)
+    long = concat_rows(long, failed)
     long = long.sort_values("case", kind="stable", ignore_index=True)  # by name, as everywhere
     long.to_csv(smk.output.long, index=False, float_format="%.6f")
     write_table(

@@ -228,3 +228,17 @@ def test_the_start_search_brings_back_a_rough_start_that_local_registration_miss
         assert "search" not in local[measure]
     missed = [np.asarray(local[m]["matrix"]) for m in ("ssd", "mi")]
     assert max(score(m, lmk, truth, shape, ppu)["gt_mean_um"] for m in missed) > 0.5
+
+
+def test_failed_case_rows_keep_the_number_columns_numeric():
+    """A table with a failed case's rows still has float columns (its CSV's float format
+    applies), and one without failed cases is unchanged."""
+    from clemalign.tables import concat_rows, failed_case_rows
+
+    long = pd.DataFrame({"case": ["c1"], "mae_um": [0.123456789], "status": ["ok"]})
+    checks = [{"case": "c0", "status": "failed: case 'c0': the lm file is missing"}]
+    none = failed_case_rows([{"case": "c1", "status": "ok"}], [{}], list(long.columns))
+    assert concat_rows(long, none).equals(long)
+    both = concat_rows(long, failed_case_rows(checks, [{}], list(long.columns)))
+    assert both["mae_um"].dtype == float and np.isnan(both["mae_um"].iloc[1])
+    assert both.to_csv(index=False, float_format="%.3f").splitlines()[1] == "c1,0.123,ok"

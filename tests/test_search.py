@@ -3,16 +3,20 @@ under rotation, scale and mirror."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from clemalign.confidence import ConfidenceLimits
 from clemalign.evaluation import truth_error_um
 from clemalign.register import register_affine
 from clemalign.search import (
     SearchRange,
     StartSearch,
     global_search,
+    global_status,
     local_contrast,
     masked_ncc,
     pick_refined,
@@ -147,3 +151,32 @@ def test_windowed_ncc_equals_masked_ncc_on_its_placements():
     i, j = rows + moving.shape[0] - 1, cols + moving.shape[1] - 1
     np.testing.assert_array_equal(n, full_n[np.ix_(i, j)])
     np.testing.assert_allclose(got, full[np.ix_(i, j)], atol=1e-9)
+
+
+def test_a_second_search_image_overrules_a_misleading_first():
+    """The first search image is unrelated to the fixed one (it finds a false placement
+    alone); the second is the true view. Pooled and scored by the mean correlation of
+    both, the true placement wins, and its status is ok."""
+    ppu = 4.0
+    fixed = _textured((240, 240), seed=1)
+    truth = affine_matrix(40.0, (1.0, 1.0), 0.0, (30.0, 28.0), center_um=(0.0, 0.0))
+    view = warp_image(fixed, ppu, np.linalg.inv(truth), (80, 80), ppu, order=3)
+    unrelated = _textured((80, 80), seed=9)
+    search = SearchRange(rotation_step_deg=10.0, scale_steps=1, mirror=False, coarse_px_per_um=1.0)
+    alone = global_search(
+        unrelated, fixed, moving_px_per_um=ppu, fixed_px_per_um=ppu, search=search,
+        measure="ssd", refine_moving=view,
+    )  # fmt: skip
+    assert truth_error_um(alone.matrix, truth, view.shape, ppu) > 1.0
+    pooled = global_search(
+        unrelated, fixed, moving_px_per_um=ppu, fixed_px_per_um=ppu, search=search,
+        measure="ssd", refine_moving=view, more_probes=[view],
+    )  # fmt: skip
+    assert truth_error_um(pooled.matrix, truth, view.shape, ppu) < 0.05
+    limits = ConfidenceLimits()
+    assert global_status(pooled, limits, min_gap=0.05) == "ok"
+    assert global_status(pooled, limits, min_gap=10.0).startswith("uncertain: another placement")
+    squashed = replace(
+        pooled, candidates=[pooled.candidates[0] | {"coarse": np.diag([1.5, 1.5, 1.0])}]
+    )
+    assert "scale changed" in global_status(squashed, limits, min_gap=0.05)

@@ -23,7 +23,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 from scipy.signal import fftconvolve
 
-from .confidence import similarity
+from .confidence import similarity, transform_problems
 from .register import grid_error_um, register_affine
 from .transforms import affine_matrix, warp_image
 
@@ -332,6 +332,7 @@ def global_search(
     measure: str = "mi",
     refine_moving: np.ndarray | None = None,
     options: dict | None = None,
+    more_probes: Sequence[np.ndarray] = (),
 ) -> SearchResult:
     """Register without a start: coarse global search, then affine refinement.
 
@@ -350,6 +351,12 @@ def global_search(
         Moving image of the refinement (default ``moving``; e.g. the raw TEM for MI).
     options : dict, optional
         Further keyword options of :func:`clemalign.register.register_affine`.
+    more_probes : sequence of ndarray
+        Further search images on the grid of ``moving`` (e.g. the sparse prediction
+        beside the inverted TEM). Each contributes its own best candidates; every
+        refined candidate is then scored by the mean correlation over all the probes,
+        so that a false match of one probe (a placement where only it correlates) loses
+        to the placement where all of them do.
 
     Returns
     -------
@@ -364,19 +371,24 @@ def global_search(
     refine_moving = moving if refine_moving is None else refine_moving
     # the refined candidates compete on the same contrast correlation as the coarse search:
     # mutual information, free in six parameters, lifts wrong candidates nearly as high
-    moving_lc = local_contrast(moving, moving_px_per_um, search.contrast_um)
     fixed_lc = local_contrast(fixed, fixed_px_per_um, search.contrast_um)
-    ranked = coarse_candidates(
-        moving_lc,
-        fixed_lc,
-        moving_px_per_um=moving_px_per_um,
-        fixed_px_per_um=fixed_px_per_um,
-        search=search,
-    )
-    if not ranked:
+    probes = [
+        local_contrast(m, moving_px_per_um, search.contrast_um) for m in (moving, *more_probes)
+    ]
+    starts: list[dict] = []
+    for probe in probes:
+        ranked = coarse_candidates(
+            probe,
+            fixed_lc,
+            moving_px_per_um=moving_px_per_um,
+            fixed_px_per_um=fixed_px_per_um,
+            search=search,
+        )
+        starts += _distinct(ranked, search.candidates, moving.shape, moving_px_per_um)
+    if not starts:
         raise ValueError("global search: no candidate places the moving image inside the fixed one")
     refined = []
-    for c in _distinct(ranked, search.candidates, moving.shape, moving_px_per_um):
+    for c in _distinct(starts, len(starts), moving.shape, moving_px_per_um):
         try:
             got = register_affine(
                 refine_moving,
@@ -389,10 +401,13 @@ def global_search(
             )
         except (ValueError, np.linalg.LinAlgError, FloatingPointError):
             continue
-        value = _similarity(
-            moving_lc, fixed_lc, got.matrix, moving_px_per_um, fixed_px_per_um, "ssd"
+        values = [
+            _similarity(p, fixed_lc, got.matrix, moving_px_per_um, fixed_px_per_um, "ssd")
+            for p in probes
+        ]
+        refined.append(
+            c | {"similarity": float(np.mean(values)), "matrix": got.matrix, "coarse": c["matrix"]}
         )
-        refined.append(c | {"similarity": value, "matrix": got.matrix})
     refined = [r for r in refined if np.isfinite(r["similarity"])]
     if not refined:
         raise ValueError("global search: no candidate could be refined")
@@ -405,6 +420,31 @@ def global_search(
     ]
     gap = best["similarity"] - max(others) if others else float("inf")
     return SearchResult(best["matrix"], best["similarity"], gap, refined)
+
+
+def global_status(result: SearchResult, limits, min_gap: float) -> str:
+    """``ok``, or ``uncertain: <reasons>``, for a :func:`global_search` answer.
+
+    Uncertain when the refinement changed the winning coarse placement implausibly
+    (:func:`clemalign.confidence.transform_problems` against it: scale, shear, mirror)
+    or when another placement more than 0.5 um away correlates nearly as well (``gap``
+    below ``min_gap``: two basins, the search cannot tell which is right).
+
+    Parameters
+    ----------
+    result : SearchResult
+        The search's answer and its refined candidates (best first).
+    limits : ConfidenceLimits
+        ``max_scale_change`` and ``max_shear``.
+    min_gap : float
+        Smallest lead of the winner's correlation over the best other basin's.
+    """
+    problems = transform_problems(result.matrix, result.candidates[0]["coarse"], limits)
+    if np.isfinite(result.gap) and result.gap < min_gap:
+        problems.append(
+            f"another placement correlates nearly as well (gap {result.gap:.3f} < {min_gap:g})"
+        )
+    return "uncertain: " + "; ".join(problems) if problems else "ok"
 
 
 @dataclass(frozen=True)

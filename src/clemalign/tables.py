@@ -206,3 +206,12 @@ def failed_case_rows(
         for key in keys
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def concat_rows(first: pd.DataFrame, *more: pd.DataFrame) -> pd.DataFrame:
+    """Rows of several tables with the same columns, number columns kept numeric (so
+    that a CSV's ``float_format`` applies; empty tables add nothing)."""
+    frames = [f for f in (first, *more) if not f.empty]
+    if not frames:
+        return first.copy()
+    return pd.concat(frames, ignore_index=True).infer_objects()

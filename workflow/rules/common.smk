@@ -249,6 +249,16 @@ def evaluation_inputs(wildcards):
     return files
 
 
+def global_search_inputs(wildcards):
+    """The raw images (through the case record), the TEM on the working grid and, when
+    the sparse source is registered, its prediction (a second search image)."""
+    files = {"em": f"{R}/preprocessed/{wildcards.case}/em.tif"}
+    files |= {k: v for k, v in case_files(wildcards).items() if k in ("lm", "landmarks")}
+    if "sparse" in registration_sources():
+        files["sparse"] = f"{R}/analogy/{wildcards.case}/sparse_predicted.tif"
+    return files
+
+
 EVALUATION_FILES = (
     ("em", ".tif"),
     ("lm", ".tif"),
@@ -303,6 +313,8 @@ def all_targets(wildcards=None):
         targets += [f"{R}/figures/analogy/{n}.png" for n in analogy]
     if cases_of("analogy"):  # with one case only the TEM itself can be registered
         targets += [f"{R}/tables/table2_registration.md", f"{R}/figures/table2_errors.png"]
+        if config["registration"].get("global_search") is not None:
+            targets.append(f"{R}/tables/global_search.csv")
         if config["registration"]["capture_range"]["trials"] > 0:
             targets.append(f"{R}/tables/capture_range.csv")
     return targets

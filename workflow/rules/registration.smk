@@ -161,3 +161,51 @@ rule capture_table:
         ENV
     script:
         "../../scripts/capture_table.py"
+
+
+rule global_search:
+    input:
+        unpack(global_search_inputs),
+    output:
+        f"{R}/registration/{{case}}/global.json",
+    wildcard_constraints:
+        case=constraint(cases_of("analogy")),
+    params:
+        case=case_record,
+        search=config["registration"]["global_search"],
+        optimiser=REGISTRATION["optimiser"],
+        confidence=config["registration"]["confidence"],
+    log:
+        f"{R}/logs/global_search/{{case}}.log",
+    benchmark:
+        f"{R}/benchmarks/global_search/{{case}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    conda:
+        ENV
+    script:
+        "../../scripts/global_search.py"
+
+
+rule global_table:
+    input:
+        results=lambda wc: [f"{R}/registration/{n}/global.json" for n in usable_cases("analogy")],
+        checks=check_files("analogy"),
+    output:
+        report(
+            f"{R}/tables/global_search.csv",
+            caption="../report/global_search.rst",
+            category="Tables",
+        ),
+    log:
+        f"{R}/logs/global_table.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        ENV
+    script:
+        "../../scripts/global_table.py"
