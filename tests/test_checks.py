@@ -394,3 +394,20 @@ def test_minimum_size_is_a_patch_or_a_bead_window():
     window, what = minimum_size_um({"track": "fiducial"}, 15, 14.52, FIDUCIALS)
     assert set(window) == {"em", "lm"} and window["lm"] > window["em"] >= 0.3
     assert "bead" in what
+
+
+def test_sheet_landmarks_may_be_a_bigwarp_csv(tmp_path, small_analogy_case):
+    """A case whose landmarks were clicked in BigWarp (EM = moving) loads to the same
+    um coordinates as our CSV: the format is recognised, the half pixels are undone."""
+    from clemalign.formats import write_bigwarp_landmarks
+
+    case = small_analogy_case
+    ours = load_case_inputs(_write_case(tmp_path, case, case.em, case.lm))
+    record = _write_case(tmp_path, case, case.em, case.lm)
+    record["landmarks"] = str(tmp_path / "bigwarp.csv")
+    write_bigwarp_landmarks(
+        record["landmarks"], case.landmarks, case.em_px_per_um, case.lm_px_per_um
+    )
+    theirs = load_case_inputs(record)
+    columns = ["em_x_um", "em_y_um", "lm_x_um", "lm_y_um"]
+    assert np.allclose(theirs.landmarks[columns], ours.landmarks[columns], atol=1e-9)

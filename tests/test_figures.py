@@ -86,5 +86,18 @@ def test_figures_write_png_without_pyplot(tmp_path):
         }
     )
     figures.capture_range_plot(str(tmp_path / "capture.png"), summary, 0.5)
-    for name in ("dictionary", "analogy", "capture"):
+    lm_xy = rng.uniform(2, 10, (5, 2))
+    residuals = pd.DataFrame(
+        {
+            "lm_x_um": lm_xy[:, 0],
+            "lm_y_um": lm_xy[:, 1],
+            "mapped_lm_x_um": lm_xy[:, 0] + 0.1,
+            "mapped_lm_y_um": lm_xy[:, 1],
+            "residual_um": 0.1,
+            "loo_affine_residual_um": 0.2,
+        }
+    )
+    figures.residuals_figure(str(tmp_path / "residuals.png"), tem, 2.0, residuals, "toy ok")
+    figures.residuals_figure(str(tmp_path / "nothing.png"), tem, 2.0, None, "toy failed: x")
+    for name in ("dictionary", "analogy", "capture", "residuals", "nothing"):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == PNG_SIGNATURE

@@ -13,7 +13,7 @@ import pytest
 from workflow_helpers import REPO, TINY, snakemake
 
 from clemalign.io import read_image, read_json, write_landmarks, write_tiff
-from clemalign.phantom import make_analogy_case
+from clemalign.phantom import make_analogy_case, make_fiducial_case
 
 
 def _expected(case: str, track: str) -> list[str]:
@@ -30,6 +30,7 @@ def _expected(case: str, track: str) -> list[str]:
         for f in ("transform.json", "transform.tfm", "ecclem.xml", "bigwarp_landmarks.csv")
     ]
     files += [f"export/{case}/{f}" for f in ("em_on_lm.tif", "lm_on_em.tif", "residuals.csv")]
+    files.append(f"figures/residuals/{case}.png")
     rules = [f"phantom_{track}", "preprocess", "figure_case", "check_case", "export"]
     if track == "fiducial":
         files += [f"fiducials/{case}/{f}" for f in ("summary.json", "pairs.csv")]
@@ -47,7 +48,11 @@ def _expected(case: str, track: str) -> list[str]:
 TABLES = [f"tables/table1_fiducials{sfx}" for sfx in ("_long.csv", ".csv", ".md", ".tex")]
 TABLES.append("tables/prediction_quality.csv")
 TABLES += [f"tables/table2_registration{sfx}" for sfx in ("_long.csv", ".csv", ".md", ".tex")]
-TABLES += ["tables/capture_range.csv", "tables/capture_range_trials.csv"]
+TABLES += [
+    "tables/capture_range.csv",
+    "tables/capture_range_trials.csv",
+    "tables/global_search.csv",
+]
 TABLES += ["figures/table2_errors.png", "figures/capture_range.png"]
 SOURCES = ("sparse", "sparse_denoised", "hertzmann", "raw")
 ANALOGY = [
@@ -76,7 +81,9 @@ ANALOGY += [
     f"registration/{case}/{f}"
     for case in ("tem01", "tem02")
     for f in (
-        [f"{s}.json" for s in SOURCES] + [f"capture_{s}.csv" for s in SOURCES] + ["errors.csv"]
+        [f"{s}.json" for s in SOURCES]
+        + [f"capture_{s}.csv" for s in SOURCES]
+        + ["errors.csv", "global.json"]
     )
 ]
 
@@ -273,6 +280,24 @@ def test_bad_config_value_is_rejected_at_start_up(tmp_path, snippet, key, value)
     assert not (tmp_path / "results").exists()
 
 
+# a small bead case (as the tiny config's): 20 beads, 200 px confocal, one SEM view
+FIDUCIAL_SMALL = {
+    "confocal_size_px": 200,
+    "n_beads": 20,
+    "n_crowded": 0,
+    "views": [
+        {
+            "px_nm": 25,
+            "size_px": [240, 240],
+            "rotation_deg": 10.0,
+            "scale": [1.0, 1.0],
+            "shear": 0.0,
+            "mirror": True,
+        }
+    ],
+}
+
+
 def _write_case(folder: Path, in_pixels: bool = False, number: int = 5) -> dict[str, str]:
     case = make_analogy_case(
         number,
@@ -306,14 +331,17 @@ def test_missing_case_file_is_named_at_start_up(tmp_path):
 
 
 @pytest.mark.workflow
-def test_bad_cases_are_reported_failed_and_the_others_finish(tmp_path):
-    """Three bad cases (landmarks in pixels, a third of the TEM NaN, a missing confocal)
-    beside two good ones: each bad case fails its check with its reason, is never trained
-    on (the dictionaries' logs say so), and shows as failed in Table 2; the good cases are
-    trained on each other, registered, exported, and the run succeeds."""
+def test_a_user_sheet_runs_and_its_bad_cases_fail_alone(tmp_path):
+    """A user's sheet made of phantom files: three TEM/confocal cases and one bead case
+    that are fine, and three bad cases (landmarks in pixels, a third of the TEM NaN, a
+    missing confocal). The good cases are trained on each other, registered, exported,
+    in the tables; each bad case fails its check with its reason, is never trained on
+    (the dictionaries' logs say so), and shows as failed in Table 2; the run succeeds."""
+    beads = make_fiducial_case(3, 0, FIDUCIAL_SMALL).write(str(tmp_path / "beads"))
     paths = {
         "good1": _write_case(tmp_path / "good1", number=1),
         "good2": _write_case(tmp_path / "good2", number=2),
+        "good3": _write_case(tmp_path / "good3", number=6),
         "pixels": _write_case(tmp_path / "pixels", in_pixels=True),
         "holes": _write_case(tmp_path / "holes", number=3),
         "gone": _write_case(tmp_path / "gone", number=4),
@@ -326,6 +354,7 @@ def test_bad_cases_are_reported_failed_and_the_others_finish(tmp_path):
     sheet = tmp_path / "cases.tsv"
     rows = ["case\ttrack\tem\tlm\tlandmarks"]
     rows += [f"{n}\tanalogy\t{p['em']}\t{p['lm']}\t{p['landmarks']}" for n, p in paths.items()]
+    rows.append(f"beads\tfiducial\t{beads['em']}\t{beads['lm']}\t{beads['landmarks']}")
     sheet.write_text("\n".join(rows) + "\n")
     config = TINY.replace("n_cases: 2", "n_cases: 0").replace("results: out", "results: results")
     config = config.replace("  levels: 2\n", "  levels: 2\n  sources: [sparse, raw]\n")
@@ -341,23 +370,26 @@ def test_bad_cases_are_reported_failed_and_the_others_finish(tmp_path):
         assert status.startswith(f"failed: case {name!r}") and words in status, status
         assert words in (out / f"logs/check_case/{name}.log").read_text()
         assert not (out / f"preprocessed/{name}/em.tif").exists()
-    for name in ("good1", "good2"):
+    for name in ("good1", "good2", "good3", "beads"):
         assert read_json(out / f"checks/{name}.json")["status"] == "ok"
+        assert read_json(out / f"export/{name}/transform.json")["matrix"] is not None
+        assert (out / f"figures/residuals/{name}.png").is_file()
+    for name in ("good1", "good2", "good3"):
         assert (out / f"registration/{name}/sparse.json").is_file()
-        assert (out / f"export/{name}/transform.json").is_file()
-    assert sorted(p.name for p in (out / "analogy/dictionaries").glob("*.npz")) == [
-        "good1.npz",
-        "good2.npz",
-    ]
-    log = (out / "logs/learn_dictionary/good1.log").read_text()
-    for name in expected:
-        assert f"case {name} is left out of every training set" in log
+    dictionaries = sorted(p.name for p in (out / "analogy/dictionaries").glob("*.npz"))
+    assert dictionaries and all("good" in d for d in dictionaries), dictionaries
+    for dictionary in dictionaries:
+        log = (out / f"logs/learn_dictionary/{dictionary[:-4]}.log").read_text()
+        for name in expected:
+            assert f"case {name} is left out of every training set" in log
+    table1 = pd.read_csv(out / "tables/table1_fiducials_long.csv")
+    assert set(table1["case"]) == {"beads"} and table1["mae_nm"].notna().any()
     table = pd.read_csv(out / "tables/table2_registration_long.csv")
     for name in expected:
         rows = table[table["case"] == name]
         assert len(rows) > 0 and rows["status"].str.startswith("failed").all()
         assert rows["mae_um"].isna().all()
-    good = table[table["case"].isin(["good1", "good2"])]
+    good = table[table["case"].isin(["good1", "good2", "good3"])]
     assert good["mae_um"].notna().all()
     assert "failed" in (out / "tables/table2_registration.md").read_text()
 

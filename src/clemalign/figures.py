@@ -605,3 +605,76 @@ def capture_range_plot(path: str, summary: pd.DataFrame, success_um: float) -> N
     ax.set_title(f"Capture range: back within {success_um} um of the unperturbed answer")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+
+
+def residuals_figure(
+    path: str,
+    lm: np.ndarray,
+    lm_px_per_um: float,
+    residuals: pd.DataFrame | None,
+    title: str,
+) -> None:
+    """Per-landmark residuals of an exported registration (report panel).
+
+    Left: the raw LM image (um) with each LM landmark (circle, numbered) and the EM
+    landmark mapped through the exported transform (cross), the residual drawn as an
+    arrow magnified so that the largest is 10 % of the field (the factor is in the
+    title). Right: per landmark, the residual (um) and the leave-one-out affine residual
+    (the distance left by the affine fitted to the *other* landmarks: large when that
+    landmark is misplaced or the tissue is not affine there).
+
+    Parameters
+    ----------
+    path : str
+        PNG written.
+    lm : ndarray
+        Raw LM analysis channel, [0, 1].
+    lm_px_per_um : float
+        Its sampling.
+    residuals : DataFrame or None
+        ``residuals.csv`` of :func:`clemalign.export.residual_table`; None when nothing
+        was exported (then the title says why).
+    title : str
+        Case, route and status.
+    """
+    fig = Figure(figsize=(11, 4.6))
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.1, 1]})
+    shown, _ = _display(lm)
+    left.imshow(_stretch(shown), cmap="gray", extent=_extent(lm.shape, lm_px_per_um))
+    left.set_xlabel("x (um)")
+    left.set_ylabel("y (um)")
+    if residuals is None or residuals.empty:
+        right.text(0.5, 0.5, "no landmarks or no usable answer", ha="center", va="center")
+        right.set_axis_off()
+        fig.suptitle(title, fontsize=9)
+        fig.savefig(path, dpi=90)
+        return
+    lm_xy = residuals[["lm_x_um", "lm_y_um"]].to_numpy(float)
+    mapped = residuals[["mapped_lm_x_um", "mapped_lm_y_um"]].to_numpy(float)
+    field = max(lm.shape[:2]) / lm_px_per_um
+    largest = float(np.max(np.hypot(*(mapped - lm_xy).T), initial=0.0))
+    gain = 0.1 * field / largest if largest > 0 else 1.0
+    _landmarks(left, lm_xy)
+    tips = lm_xy + gain * (mapped - lm_xy)
+    left.scatter(tips[:, 0], tips[:, 1], marker="x", s=25, color="tab:red", linewidths=1.2)
+    for (x, y), (u, v) in zip(lm_xy, tips, strict=True):
+        left.annotate("", (u, v), (x, y), arrowprops={"arrowstyle": "->", "color": "tab:red"})
+    left.set_title(f"residuals x {gain:.0f} (x: mapped EM landmark)", fontsize=9)
+    k = np.arange(len(residuals))
+    right.bar(k - 0.2, residuals["residual_um"], 0.4, label="residual", color="tab:red")
+    right.bar(
+        k + 0.2,
+        residuals["loo_affine_residual_um"],
+        0.4,
+        label="leave-one-out affine",
+        color="tab:blue",
+    )
+    right.set_xticks(k, [str(i + 1) for i in k])
+    right.set_xlabel("landmark")
+    right.set_ylabel("um")
+    right.legend(fontsize=8)
+    mean = float(residuals["residual_um"].mean())
+    right.set_title(f"mean residual {mean:.3f} um", fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)

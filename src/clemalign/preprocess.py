@@ -20,7 +20,8 @@ from scipy import ndimage
 
 from .checks import finite_pixels, min_size, not_constant, pixel_shape, unit_range
 from .errors import CaseError
-from .io import landmark_points, read_image, read_landmarks, tiff_axes
+from .formats import read_landmarks_any
+from .io import landmark_points, read_image, tiff_axes
 from .transforms import (
     DeformationField,
     Transform,
@@ -453,6 +454,10 @@ def load_case_inputs(
 ) -> CaseInputs:
     """Read a case's images and landmarks, checking the images and that they fit together.
 
+    Landmarks may be our CSV, a BigWarp landmark CSV (EM = moving) or an ec-CLEM XML
+    (EM = source), recognised from the content
+    (:func:`clemalign.formats.read_landmarks_any`).
+
     Each image goes through :mod:`clemalign.checks`: :func:`~clemalign.checks.min_size`
     (when ``min_size_um`` is given), :func:`~clemalign.checks.finite_pixels` (a few
     NaN/inf pixels are filled with the median, more are refused),
@@ -488,7 +493,7 @@ def load_case_inputs(
         name, case["lm"], case.get("lm_px_per_um"), "lm", case.get("lm_z", "max")
     )
     try:
-        landmarks = read_landmarks(case["landmarks"])
+        landmarks = read_landmarks_any(case["landmarks"], em_ppu, lm_ppu)
     except Exception as error:  # noqa: BLE001
         raise CaseError(name, f"bad landmark file: {error}", case["landmarks"]) from error
     notes: list[str] = []

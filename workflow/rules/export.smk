@@ -10,7 +10,13 @@ rule export_case:
     input:
         unpack(export_inputs),
     output:
-        directory(f"{R}/export/{{case}}"),
+        folder=directory(f"{R}/export/{{case}}"),
+        figure=report(
+            f"{R}/figures/residuals/{{case}}.png",
+            caption="../report/residuals_figure.rst",
+            category="Exports",
+            subcategory="{case}",
+        ),
     wildcard_constraints:
         case=constraint(sorted(CASES)),
     params:
