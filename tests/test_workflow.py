@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from workflow_helpers import REPO, TINY, snakemake
+from workflow_helpers import REPO, TINY, most_jobs_at_once, snakemake
 
 from clemalign.io import read_image, read_json, write_landmarks, write_tiff
 from clemalign.phantom import make_analogy_case, make_fiducial_case
@@ -182,6 +182,14 @@ def test_tiny_run_produces_every_output_deterministically(tiny_runs):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
+@pytest.mark.workflow
+def test_no_more_jobs_run_at_once_than_cores(tiny_runs):
+    """--cores is a limit, also after the case checks (checkpoints) update the DAG."""
+    for out, cores in zip(tiny_runs, (2, 1), strict=True):
+        (log,) = (out.parent / ".snakemake" / "log").glob("*.snakemake.log")
+        assert most_jobs_at_once(log.read_text()) <= cores, log
+
+
 def _planned_rules(workdir: Path, config: str) -> set[str]:
     """Rules a dry run in ``workdir`` would run with ``config``."""
     result = snakemake(workdir, "-n", "--quiet", "rules", config=config)
@@ -311,6 +319,26 @@ def _write_case(folder: Path, in_pixels: bool = False, number: int = 5) -> dict[
         table[["lm_x_um", "lm_y_um"]] *= case.lm_px_per_um
         write_landmarks(paths["landmarks"], table)
     return paths
+
+
+@pytest.mark.workflow
+def test_too_few_training_cases_are_refused_at_start_up_unless_allowed(tmp_path):
+    """Two analogy cases cannot give each test case two training cases: refused before
+    any job runs, with the way out; allowed explicitly, the dry run plans the jobs."""
+    sheet = tmp_path / "cases.tsv"
+    rows = ["case\ttrack\tem\tlm\tlandmarks"]
+    for name in ("c1", "c2"):
+        p = _write_case(tmp_path / name)
+        rows.append(f"{name}\tanalogy\t{p['em']}\t{p['lm']}\t{p['landmarks']}")
+    sheet.write_text("\n".join(rows) + "\n")
+    config = f"data: {{source: sheet, case_sheet: {sheet}}}\n"
+    result = snakemake(tmp_path / "wd", "-n", config=config)
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "analogy.n_training_cases is 2" in text and "allow_fewer_training_cases" in text
+    allowed = config + "analogy: {allow_fewer_training_cases: true}\n"
+    result = snakemake(tmp_path / "wd", "-n", config=allowed)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
 
 
 @pytest.mark.workflow

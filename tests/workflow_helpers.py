@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,21 @@ def snakemake(
         (workdir / "test_config.yaml").write_text(config)
         cmd += ["--configfile", str(workdir / "test_config.yaml")]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def most_jobs_at_once(log_text: str) -> int:
+    """Most jobs running at the same time in a Snakemake log (a job runs from its
+    ``jobid: N`` line under ``rule X:``/``checkpoint X:`` to ``Finished jobid: N``)."""
+    running: set[str] = set()
+    most, in_job = 0, False
+    for line in log_text.splitlines():
+        if re.match(r"^(local)?(rule|checkpoint) \w+:", line):
+            in_job = True
+        started = re.match(r"^\s+jobid: (\d+)$", line)
+        if started and in_job:
+            running.add(started.group(1))
+            most, in_job = max(most, len(running)), False
+        finished = re.match(r"^Finished jobid: (\d+)", line)
+        if finished:
+            running.discard(finished.group(1))
+    return most

@@ -52,6 +52,12 @@ class ConfidenceLimits:
         Surrogates registered to measure chance.
     agree_um : float
         Largest mean distance (um, over the moving grid) from the case's consensus.
+    min_chance_spread : float
+        The surrogates' standard deviation is taken as at least this fraction of their
+        mean dependence (NMI - 1 for ``mi``, r for ``ssd``): four surrogates that happen
+        to agree closely must not make a small lead look significant (unrelated tissue
+        under MI reached z = 17-28 with a lead of 0.003-0.006 NMI; benchmarks/
+        negative_controls.py).
     """
 
     max_scale_change: float = 0.15
@@ -60,6 +66,7 @@ class ConfidenceLimits:
     failed_z: float = 1.0
     chance_trials: int = 4
     agree_um: float = 0.5
+    min_chance_spread: float = 0.15
 
     @classmethod
     def from_config(cls, settings: Mapping | None) -> ConfidenceLimits:
@@ -144,16 +151,22 @@ def chance_level(
     }
 
 
-def chance_z(value: float, chance: Mapping) -> float:
+def chance_z(value: float, chance: Mapping, measure: str = "ssd", min_spread: float = 0.0) -> float:
     """The answer's lead over the surrogates in their standard deviations (inf when they
-    all reach the same value; NaN when the value or the chance level is unknown)."""
+    all reach the same value; NaN when the value or the chance level is unknown).
+
+    The standard deviation is taken as at least ``min_spread`` times the surrogates'
+    mean dependence: NMI - 1 for ``measure`` ``mi`` (1: independent), r otherwise.
+    """
     if not np.isfinite(value):
         return float("nan")
     if not np.isfinite(chance["mean"]):
         return float("nan")
-    if not chance["std"] > 0:
+    baseline = 1.0 if measure == "mi" else 0.0
+    spread = max(chance["std"], min_spread * abs(chance["mean"] - baseline))
+    if not spread > 0:
         return float("inf") if value > chance["mean"] else float("-inf")
-    return float((value - chance["mean"]) / chance["std"])
+    return float((value - chance["mean"]) / spread)
 
 
 def transform_problems(
@@ -213,7 +226,7 @@ def assess(
         ``similarity``, ``chance_z``, ``gap`` (to the best surrogate), ``problems``.
     """
     value = similarity(moving, fixed, matrix, px_per_um, measure)
-    z = chance_z(value, chance)
+    z = chance_z(value, chance, measure, limits.min_chance_spread)
     problems = transform_problems(matrix, start, limits)
     record = {
         "similarity": value,

@@ -5,6 +5,7 @@
 rule learn_dictionary:
     input:
         unpack(training_files),
+        checks=check_files("analogy"),  # the params read them (cases left out)
     output:
         dictionary=f"{R}/analogy/dictionaries/{{training}}.npz",
         figure=report(
@@ -78,6 +79,7 @@ rule prediction_quality:
                 ("hertzmann", "analogy", "hertzmann_predicted.tif"),
             )
         }),
+        checks=check_files("analogy"),  # the params read them (usable cases)
     output:
         report(
             f"{R}/tables/prediction_quality.csv",
@@ -104,6 +106,7 @@ rule prediction_quality:
 rule predict_hertzmann:
     input:
         unpack(training_files),
+        checks=check_files("analogy"),  # the params read them (training cases)
         test_em=f"{R}/preprocessed/{{case}}/em.tif",
     output:
         predicted=f"{R}/analogy/{{case}}/hertzmann_predicted.tif",
