@@ -5,7 +5,7 @@ import os
 
 from snakemake.utils import min_version, validate
 
-min_version("8.0")
+min_version("9.17")  # 9.10-9.16 run more jobs at once than --cores (snakemake#3913)
 
 
 # Defaults from the repository; --configfile/--config override them key by key.

@@ -26,12 +26,8 @@ checkpoint check_case:
         f"{R}/logs/check_case/{{case}}.log",
     benchmark:
         f"{R}/benchmarks/check_case/{{case}}.tsv"
-    # 0, not 1: Snakemake 9.15 does not count a checkpoint's cores when it starts but
-    # frees them when it ends, so each finished check would add a core (11 cases: 13
-    # jobs at once on 2 cores). A check is light (reading the files), so it runs where
-    # Snakemake runs, also with the SLURM profile (SLURM refuses 0 CPUs per task).
-    threads: 0
-    localrule: True
+    threads: 1
+    localrule: True  # light (reading the files): where Snakemake runs, also with SLURM
     resources:
         mem_mb=3000,
         runtime=10,
