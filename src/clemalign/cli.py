@@ -1189,21 +1189,20 @@ def _formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=34, width=92)
 
 
+def _add_pixel_sizes(p: argparse._ActionsContainer, fixed_help: str, moving_help: str) -> None:
+    """``--fixed-px-per-um`` and ``--moving-px-per-um`` (px/um) on a parser or group."""
+    for role, text in (("fixed", fixed_help), ("moving", moving_help)):
+        p.add_argument(f"--{role}-px-per-um", type=_positive, metavar="PX_PER_UM", help=text)
+
+
 def _add_images(p: argparse.ArgumentParser, fixed_channel: str, moving_channel: str) -> None:
     """Pixel-size and channel options of the two images."""
     g = p.add_argument_group("images")
-    g.add_argument(
-        "--fixed-px-per-um",
-        type=_positive,
-        metavar="PX_PER_UM",
-        help="pixel size of the fixed (LM) image in px/um, when the file has none "
-        "or a wrong one (100 nm pixels = 10 px/um)",
-    )
-    g.add_argument(
-        "--moving-px-per-um",
-        type=_positive,
-        metavar="PX_PER_UM",
-        help="pixel size of the moving (EM) image in px/um, likewise",
+    _add_pixel_sizes(
+        g,
+        "pixel size of the fixed (LM) image in px/um, when the file has none or a wrong one "
+        "(100 nm pixels = 10 px/um)",
+        "pixel size of the moving (EM) image in px/um, likewise",
     )
     g.add_argument(
         "--fixed-channel",
@@ -1459,17 +1458,8 @@ def _add_export(sub: Subparsers) -> None:
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file")
     p.add_argument("--moving", metavar="MOVING", help="the moving (EM) image (size, pixel size)")
     p.add_argument("--fixed", metavar="FIXED", help="the fixed (LM) image (size, pixel size)")
-    p.add_argument(
-        "--moving-px-per-um",
-        type=_positive,
-        metavar="PX_PER_UM",
-        help="pixel size of the moving image, px/um",
-    )
-    p.add_argument(
-        "--fixed-px-per-um",
-        type=_positive,
-        metavar="PX_PER_UM",
-        help="pixel size of the fixed image, px/um",
+    _add_pixel_sizes(
+        p, "pixel size of the fixed image, px/um", "pixel size of the moving image, px/um"
     )
     p.set_defaults(handler=cmd_export)
 
@@ -1496,17 +1486,10 @@ def _add_evaluate(sub: Subparsers) -> None:
         help="landmark pairs: clemalign CSV, BigWarp CSV (needs pixel sizes) or ec-CLEM XML",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument(
-        "--moving-px-per-um",
-        type=_positive,
-        metavar="PX_PER_UM",
-        help="pixel size of the moving image, px/um (BigWarp files, ITK transforms)",
-    )
-    p.add_argument(
-        "--fixed-px-per-um",
-        type=_positive,
-        metavar="PX_PER_UM",
-        help="pixel size of the fixed image, px/um",
+    _add_pixel_sizes(
+        p,
+        "pixel size of the fixed image, px/um",
+        "pixel size of the moving image, px/um (BigWarp files, ITK transforms)",
     )
     p.set_defaults(handler=cmd_evaluate)
 
