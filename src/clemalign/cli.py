@@ -393,9 +393,9 @@ class Answer:
 
 
 def transform_record(answer: Answer, moving: Plane, fixed: Plane) -> dict:
-    """``transform.json``: :func:`clemalign.export.transform_record` of the answer (a
+    """``transform.json``: :func:`clemalign.transforms.transform_record` of the answer (a
     failed answer has ``matrix: null``, as a fiducial method's transform file)."""
-    from .export import transform_record as record
+    from .transforms import transform_record as record
 
     return record(
         answer.status,

@@ -48,7 +48,13 @@ import pandas as pd
 
 from .formats import write_bigwarp_landmarks, write_ecclem_transform, write_itk_transform
 from .io import LANDMARK_COLUMNS, landmark_points, write_json, write_tiff
-from .transforms import Transform, apply, fit_affine, translation_matrix, warp_image
+from .transforms import (
+    apply,
+    fit_affine,
+    transform_record,
+    translation_matrix,
+    warp_image,
+)
 
 #: ``export.route`` value that exports the case's consensus answer.
 CONSENSUS = "consensus"
@@ -498,35 +504,6 @@ def grid_record(
         "fixed_px_per_um": float(fixed_px_per_um),
         "moving_shape": [int(n) for n in moving_shape],
         "fixed_shape": [int(n) for n in fixed_shape],
-    }
-
-
-def transform_record(
-    status: str,
-    matrix_um: np.ndarray | None,
-    moving: str,
-    fixed: str,
-    method: str,
-    extra: Mapping | None = None,
-    rejected_um: np.ndarray | None = None,
-) -> dict:
-    """A transform file: :meth:`clemalign.transforms.Transform.to_dict` plus ``status``;
-    without a matrix ``matrix: null`` (as a fiducial method's transform file) and, when
-    given, the matrix the checks rejected as ``rejected_matrix``."""
-    extra = dict(extra or {})
-    if matrix_um is not None:
-        return {**Transform(matrix_um, moving, fixed, method, extra).to_dict(), "status": status}
-    rejected = {} if rejected_um is None else {"rejected_matrix": np.asarray(rejected_um).tolist()}
-    return {
-        "matrix": None,
-        "units": "um",
-        "direction": "moving_to_fixed",
-        "moving": moving,
-        "fixed": fixed,
-        "method": method,
-        "status": status,
-        **rejected,
-        **({"extra": extra} if extra else {}),
     }
 
 

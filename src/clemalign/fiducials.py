@@ -54,7 +54,14 @@ from .significance import (
     MatchCheck,
     assess_match,
 )
-from .transforms import Transform, apply, fit_affine, px_to_um, rc_px_to_xy_um, um_to_px
+from .transforms import (
+    apply,
+    fit_affine,
+    px_to_um,
+    rc_px_to_xy_um,
+    transform_record,
+    um_to_px,
+)
 
 # ------------------------------------------------------------------------- detection
 
@@ -593,22 +600,9 @@ class MethodOutcome:
         transform the check rejected as ``rejected_matrix``, for diagnosis only)."""
         moving, fixed, method = "em (SEM)", "lm (confocal)", f"fiducials: {self.method}"
         if self.matrix is None or self.status.startswith("failed"):
-            rejected = {} if self.matrix is None else {"rejected_matrix": self.matrix.tolist()}
-            return {
-                "matrix": None,
-                "units": "um",
-                "direction": "moving_to_fixed",
-                "moving": moving,
-                "fixed": fixed,
-                "method": method,
-                "status": self.status,
-                **rejected,
-            }
+            return transform_record(self.status, None, moving, fixed, method, None, self.matrix)
         notes = {"fre_nm": self.fre_um * 1000.0, "n_matched": len(self.pairs_src_um)}
-        return {
-            **Transform(self.matrix, moving, fixed, method, notes).to_dict(),
-            "status": self.status,
-        }
+        return transform_record(self.status, self.matrix, moving, fixed, method, notes)
 
 
 @dataclass

@@ -8,6 +8,7 @@ transforms are first-class.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -420,3 +421,32 @@ class DeformationField:
             np.asarray(data["residual_um"], dtype=float),
             tuple(float(v) for v in data["field_um"]),
         )
+
+
+def transform_record(
+    status: str,
+    matrix_um: np.ndarray | None,
+    moving: str,
+    fixed: str,
+    method: str,
+    extra: Mapping | None = None,
+    rejected_um: np.ndarray | None = None,
+) -> dict:
+    """A transform file: :meth:`clemalign.transforms.Transform.to_dict` plus ``status``;
+    without a matrix ``matrix: null`` (as a fiducial method's transform file) and, when
+    given, the matrix the checks rejected as ``rejected_matrix``."""
+    extra = dict(extra or {})
+    if matrix_um is not None:
+        return {**Transform(matrix_um, moving, fixed, method, extra).to_dict(), "status": status}
+    rejected = {} if rejected_um is None else {"rejected_matrix": np.asarray(rejected_um).tolist()}
+    return {
+        "matrix": None,
+        "units": "um",
+        "direction": "moving_to_fixed",
+        "moving": moving,
+        "fixed": fixed,
+        "method": method,
+        "status": status,
+        **rejected,
+        **({"extra": extra} if extra else {}),
+    }
