@@ -1,5 +1,6 @@
 """Rule evaluate: every registration of a case scored against its landmarks (and the
-ground truth for synthetic data), with before/after overlays."""
+ground truth for synthetic data), with before/after overlays; a route refined by the
+B-spline step gets a second row, its measure suffixed ``+bspline``."""
 
 import numpy as np
 import pandas as pd
@@ -8,8 +9,9 @@ from clemalign.confidence import ConfidenceLimits, consensus, with_consensus
 from clemalign.evaluation import LONG_COLUMNS, frame_ground_truth, landmark_fit, score
 from clemalign.figures import registration_figure
 from clemalign.io import read_image, read_json, read_landmarks
-from clemalign.routes import case_answers, moving_image
+from clemalign.routes import case_answers, moving_image, nonrigid_answer
 from clemalign.runner import job
+from clemalign.tables import NONRIGID_SUFFIX
 from clemalign.transforms import Transform
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -24,10 +26,10 @@ with job(smk) as log:
     start = Transform.load(smk.input.start_transform).matrix
     rows, answers, errors, shown = [], {}, {}, {}
 
-    def add(source: str, measure: str, matrix: np.ndarray | None, status: str) -> None:
+    def add(source: str, measure: str, mapping, status: str) -> None:
         scored = {"mae_um": np.nan, "std_um": np.nan, "gt_mean_um": np.nan}
-        if matrix is not None:
-            scored = score(matrix, landmarks, truth, tem.shape, ppu)
+        if mapping is not None:
+            scored = score(mapping, landmarks, truth, tem.shape, ppu)
         rows.append({"case": case, "source": source, "measure": measure, "status": status} | scored)
         errors[(source, measure)] = scored["mae_um"]
 
@@ -50,6 +52,8 @@ with job(smk) as log:
             status = with_consensus(result["status"], matrix, agreed, tem.shape, ppu, limits)
             answers[source][measure] = matrix
             add(source, measure, matrix, status)
+            if "nonrigid" in result:
+                add(source, measure + NONRIGID_SUFFIX, *nonrigid_answer(result["nonrigid"], status))
     add("landmark", "fit", landmark_fit(landmarks), "ok")
     table = pd.DataFrame(rows)
     columns = LONG_COLUMNS + [c for c in table.columns if c not in LONG_COLUMNS]

@@ -1,5 +1,6 @@
 """Rule export_case: a case's registration between the raw images' frames, for Fiji
-(BigWarp), Icy (ec-CLEM) and ITK (clemalign.export)."""
+(BigWarp), Icy (ec-CLEM) and ITK (clemalign.export), with the chosen route's non-rigid
+refinement when ``export.nonrigid`` is set and the route has one."""
 
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pandas as pd
 from clemalign.export import choose_answer, export_case, raw_pair
 from clemalign.figures import residuals_figure
 from clemalign.io import read_json
+from clemalign.routes import nonrigid_answer
 from clemalign.runner import job
 
 smk = snakemake  # noqa: F821 - injected by Snakemake
@@ -21,6 +23,15 @@ with job(smk) as log:
     choice = choose_answer(case["track"], results, frame, settings, smk.params.confidence)
     log.info("route %s -> %s (%s): %s", choice.requested, choice.route, choice.how, choice.status)
     pair = raw_pair(case)
+    refined = None  # the chosen route's B-spline refinement, when it has one
+    if case["track"] == "analogy" and choice.route is not None and settings["nonrigid"]:
+        source, measure = choice.route.split("/", 1)
+        entry = results[source]["measures"][measure].get("nonrigid")
+        if entry is not None:
+            refined = nonrigid_answer(entry, choice.status)
+            log.info("non-rigid refinement of %s: %s", choice.route, refined[1])
+        else:
+            log.info("%s has no non-rigid refinement (registration.nonrigid.routes)", choice.route)
     record = export_case(
         smk.output.folder,
         case["name"],
@@ -30,6 +41,7 @@ with job(smk) as log:
         pair,
         settings["interpolation_order"],
         settings["images"],
+        refined,
     )
     if record["matrix"] is None:
         log.warning("nothing exported: %s", record["status"])

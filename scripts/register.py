@@ -1,12 +1,15 @@
 """Rule register: one source (moving image on the TEM grid) against the confocal crop,
 under every configured measure, from the landmark-fitted similarity start (searched about
-first when ``registration.start_search`` is set)."""
+first when ``registration.start_search`` is set); the routes of ``registration.nonrigid``
+are then refined by a B-spline deformation."""
 
 from clemalign.confidence import ConfidenceLimits
 from clemalign.io import write_json
 from clemalign.routes import (
+    NonrigidOptions,
     load_registration_images,
     moving_image,
+    refine_nonrigid,
     register_measures,
     source_files,
     source_measures,
@@ -26,8 +29,12 @@ with job(smk) as log:
     images = load_registration_images(case, smk.input.em, fixed_path, predicted, uncertainty)
     start = Transform.load(smk.input.start).matrix
     measures = source_measures(source, opts["measures"], opts["weighted_ssd"])
+
+    def moving_for(measure: str):
+        return moving_image(source, measure, images.tem, images.predicted)
+
     results = register_measures(
-        lambda measure: moving_image(source, measure, images.tem, images.predicted),
+        moving_for,
         images.fixed,
         start,
         measures,
@@ -38,8 +45,29 @@ with job(smk) as log:
         rng=rng_for(smk.params.seed, f"confidence/{source}", case),
         search=StartSearch.maybe(opts["start_search"]),
     )
+    nonrigid = NonrigidOptions.maybe(opts["nonrigid"])
+    if nonrigid is not None:
+        refine_nonrigid(
+            results,
+            moving_for,
+            images.fixed,
+            images.px_per_um,
+            nonrigid,
+            source,
+            images.weights,
+            opts["optimiser"],
+        )
     for measure, result in results.items():
         log.info("%s %s: %s %s", source, measure, result["status"], result.get("info", ""))
+        if "nonrigid" in result:
+            refined = result["nonrigid"]
+            log.info(
+                "%s %s + B-spline: %s %s",
+                source,
+                measure,
+                refined["status"],
+                refined.get("info", ""),
+            )
     write_json(
         smk.output[0],
         {

@@ -473,6 +473,7 @@ def test_export_config_is_declared_and_checked():
         "fiducial_method": "auto",
         "images": True,
         "interpolation_order": 1,
+        "nonrigid": True,
     }
     validate(copy.deepcopy(config), schema)
     for key, value in (("route", "raw/xyz"), ("fiducial_method", "ransac"), ("rout", "raw/mi")):

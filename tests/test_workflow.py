@@ -53,6 +53,7 @@ TABLES += [
     "tables/capture_range_trials.csv",
     "tables/global_search.csv",
 ]
+TABLES += [f"tables/nonrigid{sfx}" for sfx in (".csv", ".md", ".tex")]
 TABLES += ["figures/table2_errors.png", "figures/capture_range.png"]
 SOURCES = ("sparse", "sparse_denoised", "hertzmann", "raw")
 ANALOGY = [
@@ -95,7 +96,9 @@ def tiny_runs(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tiny")
     runs = []
     for name, cores in (("a", "2"), ("b", "1")):
-        result = snakemake(root / name, "--cores", cores, config=TINY)
+        # the refined route is exported, so its non-rigid files are written too
+        config = TINY + "export: {route: raw/mi}\n"
+        result = snakemake(root / name, "--cores", cores, config=config)
         assert result.returncode == 0, result.stderr[-3000:]
         runs.append(root / name / "out")
     return runs[0], runs[1]
@@ -142,11 +145,21 @@ def test_tiny_run_produces_every_output_deterministically(tiny_runs):
         ("hertzmann", "mi"),
         ("raw", "ssd"),
         ("raw", "mi"),
+        ("raw", "mi+bspline"),  # registration.nonrigid.routes
         ("landmark", "fit"),
     }
-    assert len(table2) == 22 and table2["status"].str.fullmatch(r"ok|(uncertain|failed): .+").all()
+    assert len(table2) == 24 and table2["status"].str.fullmatch(r"ok|(uncertain|failed): .+").all()
     assert (table2.loc[table2["source"] == "landmark", "status"] == "ok").all()
     assert table2["gt_mean_um"].notna().all()
+    refined = pd.read_csv(a / "tables/nonrigid.csv", header=[0, 1], index_col=0)
+    assert list(refined.index) == ["tem01 raw/mi", "tem02 raw/mi"]
+    exported = read_json(a / "export/tem01/transform.json")
+    assert exported["route"]["chosen"] == "raw/mi"
+    if exported["nonrigid"]["written"]:  # unless the refinement failed, with its reason
+        for name in ("deformation.json", "displacement_itk.mha", "em_on_lm_nonrigid.tif"):
+            assert name in exported["files"] and (a / "export/tem01" / name).is_file()
+    else:
+        assert exported["nonrigid"]["status"].startswith("failed: ")
     capture = pd.read_csv(a / "tables/capture_range.csv")
     assert list(capture.columns[:7]) == [
         "protocol",

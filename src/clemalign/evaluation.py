@@ -18,7 +18,7 @@ import pandas as pd
 from scipy import ndimage
 
 from .io import landmark_points
-from .metrics import landmark_errors_um, mae_std
+from .metrics import mae_std
 from .phantom.realism import best_smoothed_inverted_tem
 from .register import (
     grid_error_um,
@@ -51,28 +51,35 @@ def frame_ground_truth(frame: dict) -> np.ndarray | DeformationField | None:
     return Transform.from_dict(frame["ground_truth"]).matrix
 
 
+def map_points(mapping: np.ndarray | DeformationField, points_xy: np.ndarray) -> np.ndarray:
+    """Points (N, 2) um mapped by an affine matrix (3, 3) or a :class:`DeformationField`."""
+    if isinstance(mapping, DeformationField):
+        return mapping.apply(points_xy)
+    return apply(np.asarray(mapping, float), points_xy)
+
+
 def truth_error_um(
-    matrix: np.ndarray,
+    mapping: np.ndarray | DeformationField,
     truth: np.ndarray | DeformationField,
     shape: tuple[int, int],
     px_per_um: float,
 ) -> float:
-    """Mean distance (um) over the TEM pixel grid between an affine and the truth.
+    """Mean distance (um) over the TEM pixel grid between a registration and the truth.
 
     Parameters
     ----------
-    matrix : ndarray, shape (3, 3)
-        TEM um -> crop um.
+    mapping : ndarray, shape (3, 3), or DeformationField
+        TEM um -> crop um: an affine, or the field of a non-rigid refinement.
     truth : ndarray or DeformationField
         The true mapping (an affine, or the non-rigid field of the realistic phantom;
         then even the best affine keeps the field's non-affine part as error).
     shape, px_per_um
         TEM grid (rows, cols) and its sampling.
     """
-    if not isinstance(truth, DeformationField):
-        return grid_error_um(matrix, truth, shape, px_per_um)
+    if not isinstance(truth, DeformationField) and not isinstance(mapping, DeformationField):
+        return grid_error_um(mapping, truth, shape, px_per_um)
     xy = pixel_centres_um(tuple(shape), px_per_um)
-    diff = apply(np.asarray(matrix, float), xy) - truth.apply(xy)
+    diff = map_points(mapping, xy) - map_points(truth, xy)
     return float(np.mean(np.hypot(diff[:, 0], diff[:, 1])))
 
 
@@ -110,7 +117,7 @@ def landmark_fit(landmarks: pd.DataFrame) -> np.ndarray:
 
 
 def score(
-    matrix: np.ndarray,
+    mapping: np.ndarray | DeformationField,
     landmarks: pd.DataFrame,
     ground_truth: np.ndarray | DeformationField | None,
     shape: tuple[int, int],
@@ -120,8 +127,8 @@ def score(
 
     Parameters
     ----------
-    matrix : ndarray, shape (3, 3)
-        TEM um -> crop um.
+    mapping : ndarray, shape (3, 3), or DeformationField
+        TEM um -> crop um: an affine, or the field of a non-rigid refinement.
     landmarks : DataFrame
         ``em_x_um, em_y_um`` (TEM frame) and ``lm_x_um, lm_y_um`` (crop frame).
     ground_truth : ndarray, DeformationField or None
@@ -137,11 +144,12 @@ def score(
         ``mae_um``, ``std_um`` (sample STD of the absolute errors) and ``gt_mean_um``
         (NaN without ground truth).
     """
-    errors = landmark_errors_um(matrix, *landmark_points(landmarks))
-    mae, std = mae_std(errors)
+    em_xy, lm_xy = landmark_points(landmarks)
+    diff = map_points(mapping, em_xy) - lm_xy
+    mae, std = mae_std(np.hypot(diff[:, 0], diff[:, 1]))
     gt = float("nan")
     if ground_truth is not None:
-        gt = truth_error_um(matrix, ground_truth, shape, px_per_um)
+        gt = truth_error_um(mapping, ground_truth, shape, px_per_um)
     return {"mae_um": mae, "std_um": std, "gt_mean_um": gt}
 
 

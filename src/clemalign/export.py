@@ -35,10 +35,18 @@ Files (:func:`export_case`)
 (ITK), ``ecclem.xml`` (ec-CLEM), ``bigwarp_landmarks.csv`` (BigWarp), ``em_on_lm.tif``
 and ``lm_on_em.tif`` (each image resampled onto the other's raw grid), ``residuals.csv``
 (per landmark). The half-pixel conventions of the tools are :mod:`clemalign.formats`'.
+
+A non-rigid answer (a :class:`~clemalign.transforms.DeformationField` between the working
+frames) is exported by :func:`write_nonrigid_files`: ``deformation.json`` (the field
+between the raw frames), ``lm_position_um.tif`` (where each EM pixel lands, for napari and
+Fiji), ``displacement_itk.mha`` (ITK displacement field, LM -> EM as ``transform.tfm``),
+``bigwarp_nonrigid_landmarks.csv`` (a grid of the field for BigWarp's thin-plate spline)
+and ``em_on_lm_nonrigid.tif``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,11 +57,14 @@ import pandas as pd
 from .formats import write_bigwarp_landmarks, write_ecclem_transform, write_itk_transform
 from .io import LANDMARK_COLUMNS, landmark_points, write_json, write_tiff
 from .transforms import (
+    DeformationField,
     apply,
     fit_affine,
+    px_to_um,
     transform_record,
     translation_matrix,
     warp_image,
+    xy_um_to_rc_px,
 )
 
 #: ``export.route`` value that exports the case's consensus answer.
@@ -98,7 +109,44 @@ FILE_NOTES = {
     "outside the LM)",
     "residuals.csv": "per landmark: raw-frame positions, EM landmark mapped by the transform, its "
     "residual, and the leave-one-out residual of the affine fitted to the other landmarks (um)",
+    "deformation.json": "non-rigid raw EM um -> raw LM um mapping (clemalign DeformationField: "
+    "affine plus a cubic-spline residual sampled on a grid), um from the outer corner of pixel "
+    "(0, 0)",
+    "lm_position_um.tif": "float32 ImageJ stack (2, EM rows, EM cols) on the raw EM grid (EM pixel "
+    "size): channel 0 = x, 1 = y, raw LM um (outer-corner origin) of each EM pixel centre",
+    "displacement_itk.mha": "ITK displacement field (SimpleITK/ITK/elastix "
+    "DisplacementFieldTransform): maps LM (fixed) points to EM (moving) points in the "
+    "convention of transform.tfm (ITK origin 0, spacing 1/px_per_um um), over the raw LM image",
+    "bigwarp_nonrigid_landmarks.csv": "BigWarp (Fiji) landmarks as bigwarp_landmarks.csv: a "
+    "regular grid of EM points and their images through the field, so BigWarp's thin-plate "
+    "spline approximates the non-rigid mapping (error in deformation.json)",
+    "em_on_lm_nonrigid.tif": "raw EM resampled through the non-rigid field onto the raw LM grid "
+    "(LM pixel size, NaN outside the EM)",
 }
+#: Files :func:`write_nonrigid_files` writes (the image only with ``images``).
+NONRIGID_FILES = (
+    "deformation.json",
+    "lm_position_um.tif",
+    "displacement_itk.mha",
+    "bigwarp_nonrigid_landmarks.csv",
+    "em_on_lm_nonrigid.tif",
+)
+#: Largest node spacing (um) of ``displacement_itk.mha`` (the spacing used is a multiple
+#: or a fraction of the LM pixel, :func:`itk_node_spacing_um`). ITK interpolates the field
+#: linearly between nodes, which errs by at most ``spacing**2 / 8`` times the curvature
+#: of each displacement component: for a 0.3 um sinusoid of 8 um wavelength in x and in y
+#: (curvature 0.3 (2 pi / 8)**2 = 0.19 1/um) 0.95 nm per component, 1.3 nm in all, at
+#: 0.2 um (2.1 nm measured at 0.25 um); nothing at the nodes.
+ITK_FIELD_SPACING_UM = 0.2
+#: Pull-backs through a field stop when ``|phi(x) - y|`` is below this, um.
+INVERSE_TOL_UM = 1e-6
+#: Fixed-point iterations of a pull-back at most.
+INVERSE_MAX_ITER = 200
+#: Nodes per axis of ``bigwarp_nonrigid_landmarks.csv``: the smallest count whose
+#: thin-plate spline reproduces the field within :data:`BIGWARP_TPS_TOL_UM`, at most the last.
+BIGWARP_GRID_NODES = tuple(range(5, 16))
+#: Largest thin-plate-spline error (um) the BigWarp grid aims for, both directions.
+BIGWARP_TPS_TOL_UM = 0.01
 
 
 # ------------------------------------------------------------------------------ frames
@@ -746,7 +794,7 @@ def residual_table(landmarks: pd.DataFrame, matrix_um: np.ndarray) -> pd.DataFra
 
 def remove_stale(out: Path) -> None:
     """Delete the exchange files an earlier export left in ``out`` (only those names)."""
-    for name in EXCHANGE_FILES:
+    for name in EXCHANGE_FILES + NONRIGID_FILES:
         (out / name).unlink(missing_ok=True)
 
 
@@ -795,6 +843,7 @@ def export_case(
     pair: RawPair,
     order: int = 1,
     images: bool = True,
+    nonrigid: tuple[DeformationField | None, str] | None = None,
 ) -> dict:
     """Write a case's export into ``out``; returns ``transform.json``'s record.
 
@@ -821,6 +870,10 @@ def export_case(
         Interpolation order of the two images.
     images : bool
         Write ``em_on_lm.tif`` and ``lm_on_em.tif``.
+    nonrigid : (DeformationField or None, str), optional
+        The chosen route's non-rigid refinement between the working frames and its
+        status: unless failed, its files are written too (:func:`write_nonrigid_files`);
+        ``transform.json``'s ``nonrigid`` says which and why.
 
     Returns
     -------
@@ -836,9 +889,34 @@ def export_case(
     written: list[Path] = []
     if choice.matrix_um is not None:
         written = write_usable(out, record, pair, order, images)
+        if nonrigid is not None:
+            record["nonrigid"], more = _write_nonrigid(
+                out, nonrigid, lm_crop_origin_um, pair, order, images
+            )
+            written += more
     record["files"] = {p.name: FILE_NOTES[p.name] for p in written}
     write_json(out / "transform.json", record)
     return record
+
+
+def _write_nonrigid(
+    out: Path,
+    nonrigid: tuple[DeformationField | None, str],
+    lm_crop_origin_um: Sequence[float],
+    pair: RawPair,
+    order: int,
+    images: bool,
+) -> tuple[dict, list[Path]]:
+    """The refinement's files unless it failed, and ``transform.json``'s ``nonrigid``."""
+    field_um, status = nonrigid
+    if field_um is None or status_kind(status) == "failed":
+        return {"status": status, "written": False}, []
+    try:
+        written = write_nonrigid_files(out, field_um, lm_crop_origin_um, pair, order, images)
+    except ValueError as err:
+        return {"status": f"failed: {err}", "written": False}, []
+    note = "the affine in transform.json is the route's affine answer, before the B-spline step"
+    return {"status": status, "written": True, "note": note}, written
 
 
 def write_usable(
@@ -860,4 +938,484 @@ def write_usable(
         written.append(out / "residuals.csv")
     if images:
         written += write_images(out, raw_um, pair, order, record["case"])
+    return written
+
+
+# ------------------------------------------------------------------- non-rigid export
+
+
+def raw_frame_field(
+    field_um: DeformationField, lm_crop_origin_um: Sequence[float]
+) -> DeformationField:
+    """A working-frame EM -> LM field between the raw frames (EM crop origin (0, 0)):
+    ``field_um.then(translation(lm_crop_origin_um))``, as :func:`raw_frame_matrix`."""
+    return field_um.then(translation_matrix(*map(float, lm_crop_origin_um)))
+
+
+def pull_back(
+    field_um: DeformationField,
+    points_xy_um: np.ndarray,
+    tol_um: float = INVERSE_TOL_UM,
+    max_iter: int = INVERSE_MAX_ITER,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Moving points ``x`` with ``phi(x) = y`` for fixed points ``y``.
+
+    ``phi(x) = A x + r(x)`` is inverted by the fixed-point iteration
+    ``x <- A⁻¹ (y - r(x))`` of :func:`clemalign.nonrigid.warp_with_field`, started at
+    ``A⁻¹ y``, until ``|phi(x) - y| < tol_um``. Beyond its grid the field's residual is
+    that of the nearest grid position (:meth:`DeformationField.residual`), so the inverse
+    continues the field continuously over any fixed region, however far from the EM.
+
+    Parameters
+    ----------
+    field_um : DeformationField
+        Moving um -> fixed um.
+    points_xy_um : ndarray, shape (N, 2)
+        Fixed points, um.
+    tol_um : float
+        Largest ``|phi(x) - y|`` accepted, um.
+    max_iter : int
+        Iterations at most.
+
+    Returns
+    -------
+    points : ndarray, shape (N, 2)
+        Moving points, um.
+    failed : ndarray of bool, shape (N,)
+        Points whose iteration did not converge (their ``points`` are the last iterate);
+        none for any registration-sized deformation.
+    """
+    y = np.asarray(points_xy_um, dtype=float).reshape(-1, 2)
+    affine = np.asarray(field_um.affine, dtype=float)
+    inv = np.linalg.inv(affine)
+    x = apply(inv, y)
+    converged = np.zeros(len(y), dtype=bool)
+    active = np.arange(len(y))
+    for _ in range(max_iter + 1):
+        if not active.size:
+            break
+        residual = field_um.residual(x[active])
+        mismatch = apply(affine, x[active]) + residual - y[active]
+        done = np.hypot(mismatch[:, 0], mismatch[:, 1]) < tol_um
+        converged[active[done]] = True
+        active, residual = active[~done], residual[~done]
+        x[active] = apply(inv, y[active] - residual)
+    return x, ~converged
+
+
+def _pixel_centres(rows: slice, cols: int, px_per_um: float) -> np.ndarray:
+    """(x, y) um of the pixel centres of rows ``rows`` of a grid ``cols`` wide, row-major."""
+    r, c = np.mgrid[rows, 0:cols]
+    return px_to_um(np.stack([c.ravel(), r.ravel()], axis=1).astype(float), px_per_um)
+
+
+def _strips(rows: int, cols: int, max_pixels: int = STRIP_PIXELS) -> list[slice]:
+    """Row ranges of at most ``max_pixels`` pixels (at least one row each)."""
+    step = max(1, int(max_pixels) // max(cols, 1))
+    return [slice(r0, min(r0 + step, rows)) for r0 in range(0, rows, step)]
+
+
+def lm_positions_um(
+    field_um: DeformationField, em_shape: Sequence[int], em_px_per_um: float
+) -> np.ndarray:
+    """Where each EM pixel centre lands: ``field_um.apply`` of ``((c + 0.5) / p,
+    (r + 0.5) / p)`` for pixel (r, c).
+
+    Returns
+    -------
+    ndarray of float32, shape (2, rows, cols)
+        Channel 0 = x, 1 = y, um of the field's fixed frame.
+    """
+    rows, cols = int(em_shape[0]), int(em_shape[1])
+    out = np.empty((2, rows, cols), dtype=np.float32)
+    for strip in _strips(rows, cols):
+        mapped = field_um.apply(_pixel_centres(strip, cols, em_px_per_um))
+        out[:, strip] = mapped.T.reshape(2, strip.stop - strip.start, cols)
+    return out
+
+
+def itk_node_spacing_um(lm_px_per_um: float, largest_um: float = ITK_FIELD_SPACING_UM) -> float:
+    """Node spacing of ``displacement_itk.mha``: every k-th LM pixel centre (the largest k
+    whose spacing is at most ``largest_um``), or the LM pixel cut in the fewest equal parts
+    not above ``largest_um`` when the pixel is larger: either every k-th LM pixel centre is
+    a node, or every LM pixel centre is one."""
+    pixel_um = 1.0 / float(lm_px_per_um)
+    if pixel_um > largest_um:
+        return pixel_um / math.ceil(pixel_um / largest_um - 1e-9)
+    return pixel_um * max(1, math.floor(largest_um / pixel_um + 1e-9))
+
+
+@dataclass
+class ItkField:
+    """An ITK displacement field on a regular grid (what ``displacement_itk.mha`` holds).
+
+    Attributes
+    ----------
+    displacement_um : ndarray, shape (rows, cols, 2)
+        (dx, dy) at node (row, col): ITK moving point minus ITK fixed point, um.
+    offset_um : (float, float)
+        ITK physical (x, y) of node (0, 0), um.
+    spacing_um : float
+        Node spacing, um.
+    failed : int
+        Nodes whose pull-back did not converge.
+    """
+
+    displacement_um: np.ndarray
+    offset_um: tuple[float, float]
+    spacing_um: float
+    failed: int = 0
+
+    def record(self) -> dict:
+        """The grid, for ``deformation.json``."""
+        rows, cols = self.displacement_um.shape[:2]
+        return {
+            "size": [int(cols), int(rows)],
+            "offset_um": [float(v) for v in self.offset_um],
+            "spacing_um": float(self.spacing_um),
+            "unconverged_nodes": int(self.failed),
+        }
+
+
+def itk_displacement_field(
+    raw_field: DeformationField, pair: RawPair, spacing_um: float | None = None
+) -> ItkField:
+    """A raw EM -> raw LM field as ITK's displacement field (LM -> EM), over the raw LM image.
+
+    ITK reads an image with origin 0 and spacing ``1 / p``: the centre of pixel ``i`` is at
+    ``i / p``, our ``(i + 0.5) / p`` less half a pixel (``h = 0.5 / p`` of each image), as
+    in ``transform.tfm`` (:func:`clemalign.formats.write_itk_transform`). A node at ITK LM
+    point ``u`` holds ``d(u) = phi⁻¹(u + h_lm) - h_em - u`` (:func:`pull_back`, the affine
+    inverse where the solution falls outside the EM field plus the field's margin), so
+    ITK's ``u + d(u)`` is the ITK EM point. The nodes lie on the LM pixel-centre lattice
+    (:func:`itk_node_spacing_um`, node (0, 0) on or beyond the image's outer corner) and
+    reach to or past the outer edges of the whole raw LM image, so resampling the EM onto
+    the LM grid through the file is right at every LM pixel (ITK's
+    DisplacementFieldTransform is the identity outside its grid).
+
+    Parameters
+    ----------
+    raw_field : DeformationField
+        Raw EM um -> raw LM um.
+    pair : RawPair
+        The raw images (shapes, pixel sizes).
+    spacing_um : float, optional
+        Node spacing; default :func:`itk_node_spacing_um` of the LM.
+
+    Returns
+    -------
+    ItkField
+    """
+    lm_ppu, em_ppu = float(pair.lm_px_per_um), float(pair.em_px_per_um)
+    step = itk_node_spacing_um(lm_ppu) if spacing_um is None else float(spacing_um)
+    h_lm, h_em = 0.5 / lm_ppu, 0.5 / em_ppu
+    before = math.ceil(h_lm / step - 1e-9)
+    counts = []
+    for size in (pair.lm_shape[1], pair.lm_shape[0]):  # x (cols), y (rows)
+        last_um = (size - 0.5) / lm_ppu  # the image's far edge, ITK um
+        counts.append(before + math.ceil(last_um / step - 1e-9) + 1)
+    nx, ny = counts
+    offset = -before * step
+    gx, gy = np.meshgrid(offset + step * np.arange(nx), offset + step * np.arange(ny))
+    itk_lm = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    em_um, failed = pull_back(raw_field, itk_lm + h_lm)
+    displacement = (em_um - h_em - itk_lm).reshape(ny, nx, 2)
+    return ItkField(displacement, (offset, offset), step, int(failed.sum()))
+
+
+def write_metaimage_vectors(
+    path: str | Path,
+    vectors: np.ndarray,
+    spacing_um: float,
+    offset_um: Sequence[float],
+    comment: str = "",
+) -> Path:
+    """A 2D image of 2-vectors as a MetaImage (``.mha``, header and data in one file).
+
+    Text header (``ObjectType = Image``, ``NDims = 2``, little-endian binary doubles,
+    identity ``TransformMatrix``, ``Offset`` = physical point of pixel (0, 0),
+    ``ElementSpacing``, ``DimSize`` = cols rows, ``ElementNumberOfChannels = 2``,
+    ``ElementType = MET_DOUBLE``, ``ElementDataFile = LOCAL`` last), then the values with x
+    fastest and the two components of a pixel together, as ITK's MetaImageIO writes them
+    (SimpleITK reads it as a ``sitkVectorFloat64`` image).
+
+    Parameters
+    ----------
+    path : str or Path
+        Output file (``.mha``).
+    vectors : ndarray, shape (rows, cols, 2)
+    spacing_um : float
+        Pixel spacing along x and y.
+    offset_um : (float, float)
+        (x, y) of pixel (0, 0).
+    comment : str
+        One line kept in the header (``Comment``; MetaIO keeps at most 255 characters).
+    """
+    data = np.ascontiguousarray(np.asarray(vectors, dtype="<f8"))
+    if data.ndim != 3 or data.shape[2] != 2:
+        raise ValueError(f"expected (rows, cols, 2) vectors, got shape {data.shape}")
+    text = " ".join(comment.split())[:250]
+    step = repr(float(spacing_um))
+    header = [
+        "ObjectType = Image",
+        "NDims = 2",
+        *([f"Comment = {text}"] if text else []),
+        "BinaryData = True",
+        "BinaryDataByteOrderMSB = False",
+        "CompressedData = False",
+        "TransformMatrix = 1 0 0 1",
+        "Offset = " + " ".join(repr(float(v)) for v in offset_um),
+        "CenterOfRotation = 0 0",
+        f"ElementSpacing = {step} {step}",
+        f"DimSize = {data.shape[1]} {data.shape[0]}",
+        "ElementNumberOfChannels = 2",
+        "ElementType = MET_DOUBLE",
+        "ElementDataFile = LOCAL",
+    ]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(("\n".join(header) + "\n").encode("ascii") + data.tobytes())
+    return path
+
+
+def _tps_error_um(em_nodes: np.ndarray, lm_nodes: np.ndarray, em_check, lm_check) -> float:
+    """Largest error of the thin-plate splines through the nodes, both directions, um."""
+    from scipy.interpolate import RBFInterpolator
+
+    forward = RBFInterpolator(em_nodes, lm_nodes, kernel="thin_plate_spline", degree=1)
+    backward = RBFInterpolator(lm_nodes, em_nodes, kernel="thin_plate_spline", degree=1)
+    errors = np.concatenate([forward(em_check) - lm_check, backward(lm_check) - em_check])
+    return float(np.max(np.hypot(errors[:, 0], errors[:, 1])))
+
+
+def bigwarp_field_grid(
+    raw_field: DeformationField,
+    em_px_per_um: float,
+    em_shape: Sequence[int],
+    nodes: Sequence[int] = BIGWARP_GRID_NODES,
+    tol_um: float = BIGWARP_TPS_TOL_UM,
+) -> tuple[pd.DataFrame, int, float]:
+    """A regular grid of EM points and their images through the field, for BigWarp.
+
+    An n x n grid from the first to the last EM pixel centre, n the first of ``nodes``
+    whose thin-plate splines (EM -> LM and LM -> EM, BigWarp's kernel ``r² log r`` with an
+    affine part) reproduce the field within ``tol_um`` at 40 x 40 points over the EM field
+    (else the last).
+
+    Returns
+    -------
+    table : DataFrame
+        Columns of :data:`clemalign.io.LANDMARK_COLUMNS`, um (``grid1`` ... row-major).
+    n : int
+        Nodes per axis.
+    error_um : float
+        Largest thin-plate-spline error at the check points, um.
+    """
+    rows, cols = int(em_shape[0]), int(em_shape[1])
+    cx = px_to_um(np.linspace(0, cols - 1, 40), em_px_per_um)
+    cy = px_to_um(np.linspace(0, rows - 1, 40), em_px_per_um)
+    em_check = np.stack([a.ravel() for a in np.meshgrid(cx, cy)], axis=1)
+    lm_check = raw_field.apply(em_check)
+    for n in nodes:
+        xs = px_to_um(np.linspace(0, cols - 1, n), em_px_per_um)
+        ys = px_to_um(np.linspace(0, rows - 1, n), em_px_per_um)
+        em = np.stack([a.ravel() for a in np.meshgrid(xs, ys)], axis=1)
+        lm = raw_field.apply(em)
+        error = _tps_error_um(em, lm, em_check, lm_check)
+        if error <= tol_um:
+            break
+    table = pd.DataFrame(
+        {
+            "name": [f"grid{i + 1}" for i in range(len(em))],
+            "em_x_um": em[:, 0],
+            "em_y_um": em[:, 1],
+            "lm_x_um": lm[:, 0],
+            "lm_y_um": lm[:, 1],
+        },
+        columns=LANDMARK_COLUMNS,
+    )
+    return table, int(n), error
+
+
+def warp_through_field(
+    image: np.ndarray,
+    image_px_per_um: float,
+    field_um: DeformationField,
+    grid_shape: Sequence[int],
+    grid_px_per_um: float,
+    order: int = 1,
+    max_pixels: int = STRIP_PIXELS,
+) -> np.ndarray:
+    """An image resampled onto a grid through an image -> grid field, NaN outside.
+
+    Each grid pixel centre the image can reach is pulled back (:func:`pull_back`) and
+    the image, low-passed first as
+    :func:`clemalign.transforms.warp_image` does when it is finer than the grid, is
+    interpolated there; pixels whose pull-back did not converge are NaN (as
+    :func:`clemalign.nonrigid.warp_with_field`, which does not low-pass). The grid goes in
+    strips of ``max_pixels``, and only pixels the image can reach are iterated.
+
+    Returns
+    -------
+    ndarray of float32, shape ``grid_shape``
+    """
+    from scipy import ndimage
+
+    img = np.asarray(image, dtype=np.float32)
+    inv = np.linalg.inv(np.asarray(field_um.affine, dtype=float))
+    factor = image_px_per_um * np.sqrt(abs(np.linalg.det(inv[:2, :2]))) / grid_px_per_um
+    if factor > 1.0:
+        img = ndimage.gaussian_filter(img, (factor - 1.0) / 2.0)
+    # a pixel can land on the image only if its affine pull-back is within the residual's
+    # reach of it: |A⁻¹| |r|, |r| at most sqrt(2) x the largest node value, doubled for
+    # the spline's overshoot, plus a node spacing
+    largest = float(np.max(np.abs(field_um.residual_um), initial=0.0))
+    reach = np.linalg.norm(inv[:2, :2], 2) * largest * 2.0 * np.sqrt(2.0) + field_um.spacing_um
+    extent = np.array([img.shape[1], img.shape[0]], dtype=float) / image_px_per_um
+    rows, cols = int(grid_shape[0]), int(grid_shape[1])
+    out = np.full((rows, cols), np.nan, dtype=np.float32)
+    for strip in _strips(rows, cols, max_pixels):
+        centres = _pixel_centres(strip, cols, grid_px_per_um)
+        affine_src = apply(inv, centres)
+        near = np.all((affine_src >= -reach) & (affine_src <= extent + reach), axis=1)
+        src, failed = pull_back(field_um, centres[near])
+        rc = xy_um_to_rc_px(src, image_px_per_um).T
+        values = np.full(len(centres), np.nan, dtype=np.float32)
+        values[near] = ndimage.map_coordinates(img, rc, order=order, mode="constant", cval=np.nan)
+        values[np.flatnonzero(near)[failed]] = np.nan
+        out[strip] = values.reshape(strip.stop - strip.start, cols)
+    return out
+
+
+def write_vector_tiff(
+    path: str | Path, channels: np.ndarray, px_per_um: float, labels: Sequence[str]
+) -> Path:
+    """A float32 (channels, rows, cols) ImageJ hyperstack in um with its pixel size (the
+    resolution tags, as :func:`clemalign.io.write_tiff`) and one label per channel."""
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(
+        path,
+        np.asarray(channels, dtype=np.float32),
+        imagej=True,
+        resolution=(float(px_per_um), float(px_per_um)),
+        metadata={"unit": "um", "axes": "CYX", "Labels": list(labels)},
+        photometric="minisblack",
+    )
+    return path
+
+
+def write_nonrigid_files(
+    out: Path,
+    field: DeformationField,
+    lm_crop_origin_um: Sequence[float],
+    pair: RawPair,
+    order: int = 1,
+    images: bool = True,
+) -> list[Path]:
+    """Export a non-rigid EM -> LM registration between the raw frames.
+
+    The raw mapping is ``phi = field.then(translation(lm_crop_origin_um))`` (the EM working
+    frame is the raw EM frame), um from the outer corner of pixel (0, 0), EM pixel (r, c)
+    centred at ``((c + 0.5) / p, (r + 0.5) / p)``. Files (earlier ones of these names are
+    removed first):
+
+    * ``deformation.json``: ``phi.to_dict()`` (:class:`~clemalign.transforms.DeformationField`,
+      read back by ``DeformationField.from_dict``), ``frames``, ``lm_crop_origin_um``, and
+      ``itk`` and ``bigwarp``: the grids of the two files below.
+    * ``lm_position_um.tif``: float32 ImageJ stack (2, EM rows, EM cols) on the raw EM grid,
+      EM pixel size: x (channel 0) and y (1), raw LM um, of each EM pixel centre.
+    * ``displacement_itk.mha``: ITK displacement field, LM -> EM (ITK's fixed -> moving, as
+      ``transform.tfm``), same half-pixel convention (ITK origin 0, spacing 1/p um);
+      nodes every k-th LM pixel centre, at most :data:`ITK_FIELD_SPACING_UM` apart
+      (:func:`itk_node_spacing_um`), to or past the edges of the whole raw LM image (see
+      :func:`itk_displacement_field`). LM points whose inverse falls outside the EM field
+      plus the field's margin get the inverse of ``phi.affine`` (:func:`pull_back`;
+      continuous only where the field's residual vanishes at that edge).
+    * ``bigwarp_nonrigid_landmarks.csv``: BigWarp CSV (as ``bigwarp_landmarks.csv``) of an
+      n x n grid of EM points and their images (:func:`bigwarp_field_grid`); BigWarp's
+      thin-plate spline through them approximates ``phi`` (error in ``deformation.json``).
+    * with ``images``, ``em_on_lm_nonrigid.tif``: the raw EM resampled through ``phi`` onto
+      the raw LM grid (:func:`warp_through_field`), LM pixel size, NaN outside the EM.
+
+    Parameters
+    ----------
+    out : Path
+        Folder (created).
+    field : DeformationField
+        Working EM um -> working LM um, as the affine ``matrix_um`` of the export.
+    lm_crop_origin_um : (float, float)
+        Corner of the LM working frame in the raw LM frame, um.
+    pair : RawPair
+        :func:`raw_pair` of the case.
+    order : int
+        Interpolation order of the EM image.
+    images : bool
+        Write ``em_on_lm_nonrigid.tif``.
+
+    Returns
+    -------
+    list of Path
+        The files written, in the order above.
+
+    Raises
+    ------
+    ValueError
+        When the field's affine is not invertible.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in NONRIGID_FILES:
+        (out / name).unlink(missing_ok=True)
+    raw = raw_frame_field(field, lm_crop_origin_um)
+    if not invertible(raw.affine):
+        raise ValueError("the field's affine is not an invertible affine")
+    em_ppu, lm_ppu = float(pair.em_px_per_um), float(pair.lm_px_per_um)
+
+    positions = lm_positions_um(raw, pair.em_shape, em_ppu)
+    tif = write_vector_tiff(out / "lm_position_um.tif", positions, em_ppu, ("x_um", "y_um"))
+
+    itk = itk_displacement_field(raw, pair)
+    comment = (
+        "clemalign: maps LM (fixed) points to EM (moving) points in um, images read with ITK "
+        f"origin 0 and spacing {1 / em_ppu!r} um (EM), {1 / lm_ppu!r} um (LM)"
+    )
+    mha = write_metaimage_vectors(
+        out / "displacement_itk.mha", itk.displacement_um, itk.spacing_um, itk.offset_um, comment
+    )
+
+    table, nodes, tps_error_um = bigwarp_field_grid(raw, em_ppu, pair.em_shape)
+    csv = out / "bigwarp_nonrigid_landmarks.csv"
+    write_bigwarp_landmarks(csv, table, em_ppu, lm_ppu)
+
+    record = {
+        **raw.to_dict(),
+        "frames": "raw EM um -> raw LM um, um from the outer corner of pixel (0, 0), x along "
+        f"columns, y along rows; EM {pair.em_path}, LM {pair.lm_path}",
+        "lm_crop_origin_um": [float(v) for v in lm_crop_origin_um],
+        "itk": {
+            **itk.record(),
+            "grid": "displacement_itk.mha: ITK LM um (pixel i centred at i / px_per_um) of "
+            "node (col, row) = offset_um + (col, row) * spacing_um; every k-th LM pixel "
+            "centre (or finer) reaching to or past the edges of the whole raw LM image",
+        },
+        "bigwarp": {
+            "nodes": f"{nodes} x {nodes} grid from the first to the last EM pixel centre",
+            "tps_max_error_um": tps_error_um,
+        },
+    }
+    json_path = out / "deformation.json"
+    write_json(json_path, record)
+    written = [json_path, tif, mha, csv]
+    if images:
+        warped = warp_through_field(pair.em, em_ppu, raw, pair.lm_shape, lm_ppu, order)
+        description = {
+            "image": pair.em_path,
+            "grid": f"raw LM {pair.lm_path}",
+            "field": "non-rigid",
+        }
+        write_tiff(out / "em_on_lm_nonrigid.tif", warped, lm_ppu, description)
+        written.append(out / "em_on_lm_nonrigid.tif")
     return written

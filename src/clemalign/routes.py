@@ -472,3 +472,183 @@ def case_answers(results: Mapping[str, Mapping]) -> dict[str, np.ndarray]:
         for measure, r in record["measures"].items()
         if "matrix" in r and not r["status"].startswith("failed")
     }
+
+
+# ------------------------------------------------------------------ non-rigid refinement
+
+# A refined route's rows carry the measure suffixed by clemalign.tables.NONRIGID_SUFFIX:
+# Table 2's ``mi+bspline`` is the ``mi`` answer followed by register_bspline.
+
+
+@dataclass(frozen=True)
+class NonrigidOptions:
+    """Which routes get the B-spline refinement, and how (``registration.nonrigid``).
+
+    Attributes
+    ----------
+    routes : tuple of str
+        ``"source/measure"`` routes refined after their affine answer.
+    grid_spacing_um : float
+        Finest control-point spacing, um.
+    bending_weight : dict
+        Measure -> bending-energy weight (cost units x um²).
+    finest_level : int
+        Last pyramid level registered (0: full sampling).
+    max_displacement_rms_um : float
+        A field moving the TEM by more than this (RMS over the TEM, um) beyond the affine
+        is ``uncertain``: more than a section's distortion plausibly is.
+    """
+
+    routes: tuple[str, ...]
+    grid_spacing_um: float
+    bending_weight: dict
+    finest_level: int
+    max_displacement_rms_um: float
+
+    @classmethod
+    def maybe(cls, config: Mapping | None) -> NonrigidOptions | None:
+        """From ``registration.nonrigid`` (None: no refinement)."""
+        if not config or not config.get("routes"):
+            return None
+        return cls(
+            tuple(config["routes"]),
+            float(config["grid_spacing_um"]),
+            {k: float(v) for k, v in config["bending_weight"].items()},
+            int(config["finest_level"]),
+            float(config["max_displacement_rms_um"]),
+        )
+
+    def measures_of(self, source: str) -> list[str]:
+        """The measures of ``source`` that are refined."""
+        return [r.split("/", 1)[1] for r in self.routes if r.split("/", 1)[0] == source]
+
+
+def refine_nonrigid(
+    results: dict[str, dict],
+    moving_for: Callable[[str], np.ndarray],
+    fixed: np.ndarray,
+    px_per_um: float,
+    options: NonrigidOptions,
+    source: str,
+    weights: np.ndarray | None = None,
+    optimiser: Mapping[str, object] | None = None,
+) -> None:
+    """Add the B-spline refinement to each configured measure's affine answer, in place.
+
+    ``results[measure]["nonrigid"]`` becomes ``status``, ``field`` (the moving um ->
+    fixed um mapping, :meth:`clemalign.transforms.DeformationField.to_dict`) and
+    ``info``. The status is the affine's, ``failed`` when there is no affine answer, the
+    refinement raised or the field folds, and ``uncertain`` when the field moves the TEM
+    by more than ``options.max_displacement_rms_um`` beyond the affine.
+
+    Parameters
+    ----------
+    results : dict
+        :func:`register_measures`' answer for ``source``.
+    moving_for : callable
+        ``measure -> moving image`` on the TEM grid.
+    fixed : ndarray
+        Confocal crop (same sampling, ``px_per_um``).
+    px_per_um : float
+        Sampling of both images.
+    options : NonrigidOptions
+        Routes and parameters.
+    source : str
+        The source registered.
+    weights : ndarray, optional
+        Eq. 12 weights (``wssd``).
+    optimiser : mapping, optional
+        ``levels`` and ``bins`` of the affine registration, used again.
+    """
+    optimiser = dict(optimiser or {})
+    for measure in options.measures_of(source):
+        if measure not in results:
+            continue
+        results[measure]["nonrigid"] = _refine_one(
+            results[measure],
+            moving_for(measure),
+            fixed,
+            px_per_um,
+            options,
+            measure,
+            weights,
+            optimiser,
+        )
+
+
+def _refine_one(
+    affine: Mapping,
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    px_per_um: float,
+    options: NonrigidOptions,
+    measure: str,
+    weights: np.ndarray | None,
+    optimiser: dict,
+) -> dict:
+    """One route's refinement record (see :func:`refine_nonrigid`)."""
+    from .nonrigid import register_bspline
+
+    if "matrix" not in affine or affine["status"].startswith("failed"):
+        return {"status": affine["status"]}  # nothing to refine: the affine's reason
+    try:
+        result = register_bspline(
+            moving,
+            fixed,
+            np.asarray(affine["matrix"], float),
+            moving_px_per_um=px_per_um,
+            fixed_px_per_um=px_per_um,
+            measure=measure,
+            grid_spacing_um=options.grid_spacing_um,
+            levels=int(optimiser.get("levels", 3)),
+            finest_level=options.finest_level,
+            bending_weight=options.bending_weight[measure],
+            bins=int(optimiser.get("bins", 32)),
+            weights=weights if measure == "wssd" else None,
+        )
+    except (ValueError, np.linalg.LinAlgError, FloatingPointError) as err:
+        return {"status": f"failed: the non-rigid refinement failed: {err}"}
+    keys = ("seconds", "bending", "displacement_rms_um", "min_jacobian_ratio")
+    info = {k: result.info[k] for k in keys} | {
+        "grid_spacing_um": options.grid_spacing_um,
+        "bending_weight": options.bending_weight[measure],
+    }
+    status = _nonrigid_status(affine["status"], info, options)
+    return {
+        "status": status,
+        "value": float(result.value),
+        "info": info,
+        "field": result.field.to_dict(),
+    }
+
+
+def _nonrigid_status(affine_status: str, info: Mapping, options: NonrigidOptions) -> str:
+    """The affine's status, downgraded by what the field itself shows."""
+    ratio, rms = info["min_jacobian_ratio"], info["displacement_rms_um"]
+    if ratio <= 0:
+        return f"failed: the non-rigid field folds (smallest area ratio {ratio:.2f})"
+    if rms > options.max_displacement_rms_um:
+        reason = (
+            f"the non-rigid field moves the TEM by {rms:.2f} um RMS beyond the affine "
+            f"(more than {options.max_displacement_rms_um:g} um)"
+        )
+        return f"uncertain: {reason}" if affine_status == "ok" else f"{affine_status}; {reason}"
+    return affine_status
+
+
+def nonrigid_answer(record: Mapping, affine_status: str) -> tuple:
+    """(field or None, status) of a route's B-spline refinement for scoring.
+
+    The refinement inherits every doubt about the affine it started from:
+    ``affine_status`` is the affine's final status (after the routes' consensus); a
+    refinement whose own status is ok takes it, one with its own reason keeps that too.
+    """
+    from .transforms import DeformationField
+
+    status = record["status"]
+    field = DeformationField.from_dict(record["field"]) if "field" in record else None
+    if status == "ok" or affine_status.startswith("failed"):
+        status = affine_status
+    elif affine_status != "ok" and affine_status not in status:
+        status = f"{status}; {affine_status.split(': ', 1)[-1]}"
+    return field, status

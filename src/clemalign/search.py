@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy import fft as sp_fft
 from scipy import ndimage
-from scipy.signal import fftconvolve
 
 from .confidence import similarity, transform_problems
 from .register import grid_error_um, register_affine
@@ -112,11 +112,68 @@ class SearchResult:
     candidates: list[dict] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class FixedSpectra:
+    """Fourier transforms of a fixed image's masked sums, shared by every template.
+
+    The FFT correlations of :func:`masked_ncc` against one fixed image (the global
+    search correlates 1000-2500 templates with it) need the fixed side's transforms
+    only once, at a common padded size that fits the largest template.
+
+    Attributes
+    ----------
+    fixed_shape : (int, int)
+    size : (int, int)
+        Padded FFT size: fixed + largest template - 1 per axis, rounded up to a fast length.
+    mask, values, squares : ndarray
+        ``rfft2`` of the mask, of the masked image and of its square.
+    """
+
+    fixed_shape: tuple[int, int]
+    size: tuple[int, int]
+    mask: np.ndarray
+    values: np.ndarray
+    squares: np.ndarray
+
+    @classmethod
+    def of(
+        cls, fixed: np.ndarray, fixed_mask: np.ndarray, largest_template: tuple[int, int]
+    ) -> FixedSpectra:
+        """The spectra of ``fixed`` (where ``fixed_mask``) for templates up to
+        ``largest_template`` (rows, cols)."""
+        size = tuple(
+            sp_fft.next_fast_len(int(n + m - 1), real=True)
+            for n, m in zip(fixed.shape, largest_template, strict=True)
+        )
+        f = np.where(fixed_mask, fixed, 0.0)
+        return cls(
+            (int(fixed.shape[0]), int(fixed.shape[1])),
+            size,
+            sp_fft.rfft2(fixed_mask.astype(float), size),
+            sp_fft.rfft2(f, size),
+            sp_fft.rfft2(f * f, size),
+        )
+
+    def fits(self, template_shape: tuple[int, ...]) -> bool:
+        """Whether a template of this shape fits the padded size."""
+        return all(
+            n + m - 1 <= s
+            for n, m, s in zip(self.fixed_shape, template_shape, self.size, strict=True)
+        )
+
+
 def masked_ncc(
-    fixed: np.ndarray, fixed_mask: np.ndarray, moving: np.ndarray, moving_mask: np.ndarray
+    fixed: np.ndarray,
+    fixed_mask: np.ndarray,
+    moving: np.ndarray,
+    moving_mask: np.ndarray,
+    spectra: FixedSpectra | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalised cross-correlation of ``moving`` over ``fixed`` at every integer shift,
     each over the pixels where both masks are set (Padfield 2012).
+
+    ``spectra``: :class:`FixedSpectra` of the same ``fixed`` and ``fixed_mask``, to reuse
+    the fixed side's transforms (computed here when None or too small).
 
     Returns
     -------
@@ -126,18 +183,20 @@ def masked_ncc(
     overlap : ndarray, same shape
         Number of pixels both masks share at that shift.
     """
-    fm = fixed_mask.astype(float)
-    mm = moving_mask.astype(float)
-    f = np.where(fixed_mask, fixed, 0.0)
-    m = np.where(moving_mask, moving, 0.0)
+    if spectra is None or not spectra.fits(moving.shape):
+        spectra = FixedSpectra.of(fixed, fixed_mask, moving.shape)
+    out = tuple(int(n + m - 1) for n, m in zip(fixed.shape, moving.shape, strict=True))
+    mm = moving_mask.astype(float)[::-1, ::-1]
+    m = np.where(moving_mask, moving, 0.0)[::-1, ::-1]
+    tm, tv, ts = (sp_fft.rfft2(a, spectra.size) for a in (mm, m, m * m))
 
-    def corr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return fftconvolve(a, b[::-1, ::-1], mode="full")
+    def corr(fixed_side: np.ndarray, template: np.ndarray) -> np.ndarray:
+        return sp_fft.irfft2(fixed_side * template, spectra.size)[: out[0], : out[1]]
 
-    n = np.maximum(np.round(corr(fm, mm)), 0.0)
-    sf, sff = corr(f, mm), corr(f * f, mm)
-    sm, smm = corr(fm, m), corr(fm, m * m)
-    sfm = corr(f, m)
+    n = np.maximum(np.round(corr(spectra.mask, tm)), 0.0)
+    sf, sff = corr(spectra.values, tm), corr(spectra.squares, tm)
+    sm, smm = corr(spectra.mask, tv), corr(spectra.mask, ts)
+    sfm = corr(spectra.values, tv)
     safe = np.maximum(n, 1.0)
     cov = sfm - sf * sm / safe
     var = (sff - sf * sf / safe) * (smm - sm * sm / safe)
@@ -213,12 +272,18 @@ def coarse_candidates(
     """
     p = search.coarse_px_per_um
     fixed_c = _coarse(fixed, fixed_px_per_um, p)
+    maps = list(search.linear_maps())
+    diagonal_um = np.hypot(*moving.shape) / moving_px_per_um
+    largest = int(np.ceil(diagonal_um * max(s for _, s, _ in maps) * p)) + 2
+    spectra = FixedSpectra.of(fixed_c, np.isfinite(fixed_c), (largest, largest))
     out = []
-    for angle, scale, mirrored in search.linear_maps():
+    for angle, scale, mirrored in maps:
         linear = affine_matrix(angle, (scale, scale), 0.0, (0.0, 0.0))[:2, :2]
         if mirrored:
             linear = linear @ np.diag([-1.0, 1.0])
-        best = _best_shift(moving, moving_px_per_um, fixed_c, linear, p, search.min_overlap)
+        best = _best_shift(
+            moving, moving_px_per_um, fixed_c, linear, p, search.min_overlap, spectra=spectra
+        )
         if best is not None:
             out.append({"rotation_deg": angle, "scale": scale, "mirrored": mirrored} | best)
     return sorted(out, key=lambda c: -c["ncc"])
@@ -232,18 +297,20 @@ def _best_shift(
     coarse_px_per_um: float,
     min_overlap: float,
     window: tuple[np.ndarray, float] | None = None,
+    spectra: FixedSpectra | None = None,
 ) -> dict | None:
     """The best shift of the moving image drawn through ``linear`` over the coarse fixed
     image: ``{"ncc", "matrix"}`` (moving um -> fixed um), or None when no shift overlaps
     enough. ``window``: (expected moving-centre position on the fixed image, radius), um;
-    only shifts that put the moving centre within the radius of it are considered."""
+    only shifts that put the moving centre within the radius of it are considered.
+    ``spectra``: the coarse fixed image's :class:`FixedSpectra` (all shifts only)."""
     p = coarse_px_per_um
     drawn, origin = _drawn(np.asarray(moving, float), moving_px_per_um, linear, p)
     drawn_ok = np.isfinite(drawn)
     if drawn_ok.sum() < 16:
         return None
     if window is None:  # every shift at once, by FFT
-        ncc, overlap = masked_ncc(fixed_c, np.isfinite(fixed_c), drawn, drawn_ok)
+        ncc, overlap = masked_ncc(fixed_c, np.isfinite(fixed_c), drawn, drawn_ok, spectra)
         rows = np.arange(ncc.shape[0]) - drawn.shape[0] + 1
         cols = np.arange(ncc.shape[1]) - drawn.shape[1] + 1
     else:  # the few shifts of the window, directly

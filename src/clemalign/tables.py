@@ -146,8 +146,18 @@ TABLE2_SOURCES = {
     "raw": "TEM/confocal",
     "landmark": "Landmark",
 }
+#: Suffix of a measure refined by the non-rigid step (:data:`clemalign.routes.NONRIGID_SUFFIX`).
+NONRIGID_SUFFIX = "+bspline"
 #: Measures of Table 2, in column order, with their titles.
-TABLE2_MEASURES = {"ssd": "SSD", "wssd": "weighted SSD", "mi": "MI", "fit": "fit"}
+TABLE2_MEASURES = {
+    "ssd": "SSD",
+    "ssd+bspline": "SSD + B-spline",
+    "wssd": "weighted SSD",
+    "wssd+bspline": "weighted SSD + B-spline",
+    "mi": "MI",
+    "mi+bspline": "MI + B-spline",
+    "fit": "fit",
+}
 
 
 def table2(long: pd.DataFrame) -> pd.DataFrame:
@@ -215,3 +225,57 @@ def concat_rows(first: pd.DataFrame, *more: pd.DataFrame) -> pd.DataFrame:
     if not frames:
         return first.copy()
     return pd.concat(frames, ignore_index=True).infer_objects()
+
+
+def nonrigid_table(long: pd.DataFrame, floor_rms_um: dict[str, float]) -> pd.DataFrame:
+    """What the B-spline refinement did, per case and refined route.
+
+    Parameters
+    ----------
+    long : DataFrame
+        Table 2's long table: a refined route has a row with measure ``<m>+bspline``
+        beside its affine row ``<m>``.
+    floor_rms_um : dict
+        Case -> RMS (um) of the phantom's non-affine part (synthetic cases; others NaN).
+
+    Returns
+    -------
+    DataFrame
+        One row per ``"<case> <source>/<measure>"``; two-level columns: under ``ground
+        truth (um)`` the non-affine RMS, the mean distance over the TEM grid to the truth
+        after the affine and after the refinement, and its change (%); under ``landmark
+        MAE (um)`` the affine's and the refinement's. A refinement that is not ok shows
+        its status word instead of its errors.
+    """
+    gt, lm = "ground truth (um)", "landmark MAE (um)"
+    columns = pd.MultiIndex.from_tuples(
+        [
+            (gt, "non-affine RMS"),
+            (gt, "affine"),
+            (gt, "B-spline"),
+            (gt, "change %"),
+            (lm, "affine"),
+            (lm, "B-spline"),
+        ]
+    )
+    rows, names = [], []
+    for r in long[long["measure"].str.endswith(NONRIGID_SUFFIX)].itertuples(index=False):
+        measure = r.measure.removesuffix(NONRIGID_SUFFIX)
+        same = (long["case"] == r.case) & (long["source"] == r.source)
+        affine = long[same & (long["measure"] == measure)]
+        gt_a = float(affine["gt_mean_um"].iloc[0]) if len(affine) else np.nan
+        mae_a = float(affine["mae_um"].iloc[0]) if len(affine) else np.nan
+        ok = r.status == "ok"
+        word = status_word(r.status)
+        rows.append(
+            [
+                floor_rms_um.get(r.case, np.nan),
+                gt_a,
+                float(r.gt_mean_um) if ok else word,
+                100.0 * (float(r.gt_mean_um) / gt_a - 1.0) if ok else np.nan,
+                mae_a,
+                float(r.mae_um) if ok else word,
+            ]
+        )
+        names.append(f"{r.case} {r.source}/{measure}")
+    return pd.DataFrame(rows, index=pd.Index(names, name="case route"), columns=columns)

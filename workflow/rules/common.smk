@@ -51,6 +51,19 @@ if 1 < len(_analogy) <= _wanted and not config["analogy"]["allow_fewer_training_
         "or set analogy.allow_fewer_training_cases: true"
     )
 
+_reg = config["registration"]
+_known = {
+    f"{s}/{m}"
+    for s in _reg["sources"]
+    for m in _reg["measures"] + (["wssd"] if _reg["weighted_ssd"] and s.startswith("sparse") else [])
+}
+_unknown = [r for r in (_reg.get("nonrigid") or {}).get("routes", []) if r not in _known]
+if _unknown:
+    raise WorkflowError(
+        f"Invalid configuration: registration.nonrigid.routes {', '.join(_unknown)} are not "
+        f"registered (registration.sources x measures gives {', '.join(sorted(_known))})"
+    )
+
 
 def cases_of(track, synthetic=None):
     """Names of the cases of one track (optionally only synthetic or only real), sorted:
@@ -210,6 +223,8 @@ def table2_routes():
         for s in registration_sources()
         for m in measures + (["wssd"] if weighted and s.startswith("sparse") else [])
     ]
+    refined = (config["registration"].get("nonrigid") or {}).get("routes", [])
+    routes += [(s, m + "+bspline") for s, m in routes if f"{s}/{m}" in refined]
     return routes + [("landmark", "fit")]
 
 
@@ -286,6 +301,7 @@ DICTIONARY = TRAINING_PAIRS + (
 PREDICTION = ("patch_size", "lambda", "gamma", "em_intensity", "eq7_tol", "eq7_max_iter")
 REGISTRATION = settings("registration", ("measures", "weighted_ssd", "confidence"))
 REGISTRATION["start_search"] = config["registration"].get("start_search")  # null: none
+REGISTRATION["nonrigid"] = config["registration"].get("nonrigid")  # null: affine only
 REGISTRATION["optimiser"] = settings("registration", ("levels", "bins"))  # register_affine's
 
 
@@ -341,6 +357,7 @@ EXPORT = {
     "fiducial_method": "auto",
     "images": True,
     "interpolation_order": 1,
+    "nonrigid": True,
 } | config.get("export", {})
 # The fiducial methods' transform files (rule register_fiducials).
 EXPORT_FIDUCIAL_METHODS = ("algorithm1", "gaussian_baseline", "robust")

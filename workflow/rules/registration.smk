@@ -61,6 +61,7 @@ rule evaluate:
 rule table2:
     input:
         errors=lambda wc: [f"{R}/registration/{n}/errors.csv" for n in usable_cases("analogy")],
+        frames=lambda wc: [f"{R}/preprocessed/{n}/frame.json" for n in usable_cases("analogy")],
         checks=check_files("analogy"),
     output:
         long=f"{R}/tables/table2_registration_long.csv",
@@ -76,6 +77,13 @@ rule table2:
             caption="../report/table2.rst",
             category="Tables",
         ),
+        nonrigid_csv=f"{R}/tables/nonrigid.csv",
+        nonrigid_md=report(
+            f"{R}/tables/nonrigid.md",
+            caption="../report/nonrigid.rst",
+            category="Tables",
+        ),
+        nonrigid_tex=f"{R}/tables/nonrigid.tex",
     params:
         px_per_um=config["preprocess"]["px_per_um"],
         routes=table2_routes(),  # the columns a failed case fills with its reason
