@@ -53,7 +53,8 @@ with job(smk) as log:
             answers[source][measure] = matrix
             add(source, measure, matrix, status)
             if "nonrigid" in result:
-                add(source, measure + NONRIGID_SUFFIX, *nonrigid_answer(result["nonrigid"], status))
+                refined = nonrigid_answer(result["nonrigid"], status, result["status"])
+                add(source, f"{measure}{NONRIGID_SUFFIX}", *refined)
     add("landmark", "fit", landmark_fit(landmarks), "ok")
     table = pd.DataFrame(rows)
     columns = LONG_COLUMNS + [c for c in table.columns if c not in LONG_COLUMNS]

@@ -28,7 +28,7 @@ with job(smk) as log:
         source, measure = choice.route.split("/", 1)
         entry = results[source]["measures"][measure].get("nonrigid")
         if entry is not None:
-            refined = nonrigid_answer(entry, choice.status)
+            refined = nonrigid_answer(entry, choice.status, choice.answers.get(choice.route, "ok"))
             log.info("non-rigid refinement of %s: %s", choice.route, refined[1])
         else:
             log.info("%s has no non-rigid refinement (registration.nonrigid.routes)", choice.route)

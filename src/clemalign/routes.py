@@ -636,18 +636,19 @@ def _nonrigid_status(affine_status: str, info: Mapping, options: NonrigidOptions
     return affine_status
 
 
-def nonrigid_answer(record: Mapping, affine_status: str) -> tuple:
+def nonrigid_answer(record: Mapping, affine_status: str, registered_status: str = "ok") -> tuple:
     """(field or None, status) of a route's B-spline refinement for scoring.
 
     The refinement inherits every doubt about the affine it started from:
-    ``affine_status`` is the affine's final status (after the routes' consensus); a
-    refinement whose own status is ok takes it, one with its own reason keeps that too.
+    ``affine_status`` is the affine's final status (after the routes' consensus),
+    ``registered_status`` its status when it was refined; a refinement that added no
+    reason of its own takes ``affine_status``, one with its own reason keeps that too.
     """
     from .transforms import DeformationField
 
     status = record["status"]
     field = DeformationField.from_dict(record["field"]) if "field" in record else None
-    if status == "ok" or affine_status.startswith("failed"):
+    if status in ("ok", registered_status) or affine_status.startswith("failed"):
         status = affine_status
     elif affine_status != "ok" and affine_status not in status:
         status = f"{status}; {affine_status.split(': ', 1)[-1]}"

@@ -55,7 +55,7 @@ _reg = config["registration"]
 _known = {
     f"{s}/{m}"
     for s in _reg["sources"]
-    for m in _reg["measures"] + (["wssd"] if _reg["weighted_ssd"] and s.startswith("sparse") else [])
+    for m in [*_reg["measures"], *(["wssd"] if _reg["weighted_ssd"] and s.startswith("sparse") else [])]
 }
 _unknown = [r for r in (_reg.get("nonrigid") or {}).get("routes", []) if r not in _known]
 if _unknown:
@@ -224,7 +224,7 @@ def table2_routes():
         for m in measures + (["wssd"] if weighted and s.startswith("sparse") else [])
     ]
     refined = (config["registration"].get("nonrigid") or {}).get("routes", [])
-    routes += [(s, m + "+bspline") for s, m in routes if f"{s}/{m}" in refined]
+    routes += [(s, f"{m}+bspline") for s, m in routes if f"{s}/{m}" in refined]
     return routes + [("landmark", "fit")]
 
 
