@@ -628,13 +628,18 @@ def bigwarp_grid(
     ys_um = np.array([0.1, 0.5, 0.9]) * rows / moving_px_per_um
     em = np.array([(x, y) for y in ys_um for x in xs_um])
     lm = apply(matrix_um, em)
+    return grid_points(em, lm)
+
+
+def grid_points(em_xy_um: np.ndarray, lm_xy_um: np.ndarray) -> pd.DataFrame:
+    """Corresponding points ``grid1, grid2...`` as a landmark table (um)."""
     return pd.DataFrame(
         {
-            "name": [f"grid{i + 1}" for i in range(len(em))],
-            "em_x_um": em[:, 0],
-            "em_y_um": em[:, 1],
-            "lm_x_um": lm[:, 0],
-            "lm_y_um": lm[:, 1],
+            "name": [f"grid{i + 1}" for i in range(len(em_xy_um))],
+            "em_x_um": em_xy_um[:, 0],
+            "em_y_um": em_xy_um[:, 1],
+            "lm_x_um": lm_xy_um[:, 0],
+            "lm_y_um": lm_xy_um[:, 1],
         },
         columns=LANDMARK_COLUMNS,
     )
@@ -1224,16 +1229,7 @@ def bigwarp_field_grid(
         error = _tps_error_um(em, lm, em_check, lm_check)
         if error <= tol_um:
             break
-    table = pd.DataFrame(
-        {
-            "name": [f"grid{i + 1}" for i in range(len(em))],
-            "em_x_um": em[:, 0],
-            "em_y_um": em[:, 1],
-            "lm_x_um": lm[:, 0],
-            "lm_y_um": lm[:, 1],
-        },
-        columns=LANDMARK_COLUMNS,
-    )
+    table = grid_points(em, lm)
     return table, int(n), error
 
 
