@@ -89,11 +89,14 @@ def test_only_configured_routes_are_refined(pair):
 
 
 def test_refinement_inherits_doubt_about_its_affine():
-    record = {"status": "ok", "field": None}
-    record.pop("field")
+    record = {"status": "ok"}
     assert nonrigid_answer(record, "uncertain: disagrees with the routes")[1] == (
         "uncertain: disagrees with the routes"
     )
+    # the affine's reason at refinement time is replaced by its final status, not repeated
+    weak = {"status": "uncertain: weak match"}
+    final = "uncertain: weak match; 0.6 um from the routes' consensus"
+    assert nonrigid_answer(weak, final, "uncertain: weak match")[1] == final
     own = {"status": "uncertain: the non-rigid field moves the TEM by 0.9 um"}
     status = nonrigid_answer(own, "uncertain: disagrees with the routes")[1]
     assert status.startswith("uncertain: the non-rigid field") and "disagrees" in status

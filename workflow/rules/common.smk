@@ -23,6 +23,7 @@ if importlib.util.find_spec("clemalign") is None:
 
 from clemalign.cases import CROWDED_PREFIX, load_cases, synthetic_number
 from clemalign.errors import ConfigError
+from clemalign.tables import NONRIGID_SUFFIX
 
 R = config["results"]
 ENV = "../../envs/clemalign.yaml"
@@ -224,7 +225,7 @@ def table2_routes():
         for m in measures + (["wssd"] if weighted and s.startswith("sparse") else [])
     ]
     refined = (config["registration"].get("nonrigid") or {}).get("routes", [])
-    routes += [(s, f"{m}+bspline") for s, m in routes if f"{s}/{m}" in refined]
+    routes += [(s, f"{m}{NONRIGID_SUFFIX}") for s, m in routes if f"{s}/{m}" in refined]
     return routes + [("landmark", "fit")]
 
 
