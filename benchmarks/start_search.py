@@ -35,21 +35,23 @@ from clemalign.seeds import rng_for
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def starts_of(config: dict, protocol: dict, case: str, start: np.ndarray, shape, ppu) -> list:
-    """The workflow's perturbed starts of one case and protocol (same seed, same order)."""
+def starts_of(
+    config: dict, protocol: dict, case: str, start: np.ndarray, shape, ppu, trials=None
+) -> list:
+    """The workflow's perturbed starts of one case and protocol (same seed, same order;
+    ``trials``: how many, default the protocol's)."""
     capture = config["registration"]["capture_range"]
     rng = rng_for(config["seed"], f"capture_range/{protocol['name']}", case)
     centre = (shape[1] / (2 * ppu), shape[0] / (2 * ppu))
     bounds = {k: protocol[k] for k in protocol if k.startswith("max_")}
-    return [
-        perturb_affine(start, rng, centre, **bounds)
-        for _ in range(protocol.get("trials", capture["trials"]))
-    ]
+    n = trials or protocol.get("trials", capture["trials"])
+    return [perturb_affine(start, rng, centre, **bounds) for _ in range(n)]
 
 
 def searched(images, source, measure, begin, options, search: StartSearch, coarse: bool):
     """The route's answer after the search about ``begin`` (``coarse``: candidates
-    refined at the coarsest level only, the winner then at every level)."""
+    refined at the coarsest level only, the winner then at every level) and the winner's
+    lead in correlation over the best other basin (``gap``, inf when there is none)."""
     probe = moving_image(source, "ssd", images.tem, images.predicted)  # rises with the LM
     found = start_candidates(
         probe,
@@ -61,8 +63,9 @@ def searched(images, source, measure, begin, options, search: StartSearch, coars
     )
     first = {"finest_level": options["levels"] - 1} if coarse else {}
     refined = [local(images, source, measure, c["matrix"], options | first) for c in found]
-    best, _, _ = pick_refined(probe, images.fixed, refined, images.px_per_um, search.contrast_um)
-    return local(images, source, measure, refined[best], options) if coarse else refined[best]
+    best, _, gap = pick_refined(probe, images.fixed, refined, images.px_per_um, search.contrast_um)
+    answer = local(images, source, measure, refined[best], options) if coarse else refined[best]
+    return answer, gap
 
 
 def local(images, source, measure, begin, options) -> np.ndarray:
@@ -94,6 +97,7 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="other StartSearch fields, e.g. rotation_step_deg=2",
     )
+    parser.add_argument("--trials", type=int, help="trials per protocol (default: config's)")
     parser.add_argument("--csv", type=Path, help="write every trial here")
     parser.add_argument("--coarse", action="store_true", help="candidates at the coarsest level")
     parser.add_argument("--no-local", action="store_true", help="skip the plain local runs")
@@ -118,7 +122,9 @@ def main() -> None:
             record = read_json(args.results / "registration" / case / f"{source}.json")
             shape, ppu = images.tem.shape, images.px_per_um
             for protocol in protocols:
-                starts = starts_of(config, protocol, case, np.asarray(record["start"]), shape, ppu)
+                starts = starts_of(
+                    config, protocol, case, np.asarray(record["start"]), shape, ppu, args.trials
+                )
                 for measure in args.measures:
                     if (
                         measure not in record["measures"]
@@ -129,11 +135,12 @@ def main() -> None:
                     for trial, begin in enumerate(starts):
                         for how in ("search",) if args.no_local else ("local", "search"):
                             t0 = time.perf_counter()
+                            gap = np.nan
                             try:
                                 if how == "local":
                                     got = local(images, source, measure, begin, options)
                                 else:
-                                    got = searched(
+                                    got, gap = searched(
                                         images, source, measure, begin, options, search, args.coarse
                                     )
                             except (ValueError, np.linalg.LinAlgError, FloatingPointError):
@@ -158,6 +165,7 @@ def main() -> None:
                                     "trial": trial,
                                     "back": back,
                                     "error_um": error,
+                                    "gap": gap,
                                     "s": seconds,
                                 }
                             )
@@ -176,6 +184,29 @@ def main() -> None:
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(summary.to_string())
         print(table.groupby(["protocol", "case", "how"])["back"].mean().unstack().to_string())
+    print_gap_calibration(table[table["how"] == "search"])
+
+
+def print_gap_calibration(table: pd.DataFrame, thresholds=(0.01, 0.02, 0.03, 0.05, 0.1)) -> None:
+    """How well the search's ``gap`` separates trials that came back from those that did
+    not: per threshold, the share of each that a rule "uncertain when gap < threshold"
+    would flag."""
+    if table.empty:
+        return
+    back, lost = table[table["back"]], table[~table["back"]]
+    print(
+        f"\ngap (winner's lead over the best other basin; inf: one basin): came back "
+        f"n = {len(back)}, median {back['gap'].median():.3f}; did not n = {len(lost)}, "
+        f"median {lost['gap'].median():.3f}"
+    )
+    for t in thresholds:
+        print(
+            f"gap < {t:.2f}: flags {np.mean(lost['gap'] < t):.0%} of the lost trials and "
+            f"{np.mean(back['gap'] < t):.0%} of those that came back; "
+            f"lost trials > 1 um from the truth flagged: "
+            f"{int(((lost['gap'] < t) & (lost['error_um'] > 1)).sum())} of "
+            f"{int((lost['error_um'] > 1).sum())}"
+        )
 
 
 if __name__ == "__main__":

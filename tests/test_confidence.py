@@ -136,6 +136,21 @@ def test_assess_reports_a_stalled_optimiser(pair):
     assert record["chance_z"] > 5.0 and record["gap"] > 0.5
 
 
+def test_assess_flags_a_start_search_without_a_distinct_winner(pair):
+    moving, fixed, truth = pair
+    chance = {"mean": 0.2, "std": 0.1, "best": 0.35}
+
+    def status(gap):
+        return assess(moving, fixed, truth, truth, PPU, "ssd", chance, LIMITS, search_gap=gap)[0]
+
+    low = status(LIMITS.min_search_gap / 2)
+    assert low.startswith("uncertain: another placement near the start correlates nearly")
+    assert f"< {LIMITS.min_search_gap:g}" in low
+    assert status(LIMITS.min_search_gap * 2) == "ok"
+    assert status(None) == "ok"  # one basin only, or no search
+    assert status(float("inf")) == "ok"
+
+
 def test_capture_summary_counts_silent_failures():
     import pandas as pd
 

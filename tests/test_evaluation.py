@@ -145,6 +145,7 @@ def test_register_measures_records_failures_and_capture_comes_back():
     )
     assert len(trials) == 3 and trials["success"].all()
     assert (trials["start_um"] > 0).all() and (trials["reference"] == "ground truth").all()
+    assert trials["search_gap"].isna().all()  # no start search: no gap
     trials.insert(0, "source", "raw")
     trials.insert(0, "case", "c1")
     summary = capture_summary(trials)
@@ -206,6 +207,7 @@ def test_the_start_search_brings_back_a_rough_start_that_local_registration_miss
     """A start 14 deg, 9 % and 2 um off (the wide protocol's size): the search about it
     comes back to the truth under every measure and records its candidates; the local
     registration alone does not come back."""
+    from clemalign.confidence import ConfidenceLimits
     from clemalign.search import StartSearch
 
     ppu = 4.0
@@ -225,6 +227,8 @@ def test_the_start_search_brings_back_a_rough_start_that_local_registration_miss
         assert score(found, lmk, truth, shape, ppu)["gt_mean_um"] < 0.05
         record = searched[measure]["search"]
         assert 1 <= len(record["candidates"]) <= 3 and record["similarity"] > 0.8
+        # the true placement leads every other basin clearly: not flagged by its gap
+        assert record["gap"] is None or record["gap"] > ConfidenceLimits().min_search_gap
         assert "search" not in local[measure]
     missed = [np.asarray(local[m]["matrix"]) for m in ("ssd", "mi")]
     assert max(score(m, lmk, truth, shape, ppu)["gt_mean_um"] for m in missed) > 0.5

@@ -17,6 +17,10 @@ Three checks, each cheap enough to run on every registration and capture-range t
    the others; an answer farther than ``agree_um`` from it, over the moving grid, is
    uncertain. This catches a route whose optimum is consistently in the wrong place,
    which no check of that route alone can see.
+4. **A distinct optimum**: a route that searched about its start
+   (:class:`clemalign.search.StartSearch`) knows how far its winner's correlation leads
+   the best placement that ended in another basin (more than 0.5 um away). Below
+   ``min_search_gap`` the images cannot tell the two apart, and the answer is uncertain.
 
 Statuses: ``ok``; ``uncertain: <reason>`` (a transform is given, but do not build on it
 unchecked); ``failed: <reason>`` (no transform to use).
@@ -67,6 +71,7 @@ class ConfidenceLimits:
     chance_trials: int = 4
     agree_um: float = 0.5
     min_chance_spread: float = 0.15
+    min_search_gap: float = 0.03
 
     @classmethod
     def from_config(cls, settings: Mapping | None) -> ConfidenceLimits:
@@ -201,6 +206,7 @@ def assess(
     chance: Mapping,
     limits: ConfidenceLimits,
     converged: bool = True,
+    search_gap: float | None = None,
 ) -> tuple[str, dict]:
     """Status of one registration answer and the numbers behind it.
 
@@ -217,6 +223,10 @@ def assess(
     limits : ConfidenceLimits
     converged : bool
         Whether the optimiser met its stopping rule at the finest level.
+    search_gap : float, optional
+        The start search's lead of the winner over the best other basin
+        (:func:`clemalign.search.pick_refined`); None when there was no search or no
+        other basin.
 
     Returns
     -------
@@ -241,6 +251,11 @@ def assess(
         reasons.append(f"weak match (z = {z:.1f} over surrogates)")
     if not converged:
         reasons.append("the optimiser stopped before converging")
+    if search_gap is not None and search_gap < limits.min_search_gap:
+        reasons.append(
+            "another placement near the start correlates nearly as well "
+            f"(gap {search_gap:.3f} < {limits.min_search_gap:g})"
+        )
     return ("uncertain: " + "; ".join(reasons)) if reasons else "ok", record
 
 

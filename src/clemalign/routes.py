@@ -268,6 +268,7 @@ def register_measures(
                 chance,
                 confidence,
                 converged,
+                search_gap=(searched or {}).get("gap"),
             )
             out[measure] |= {"status": status, "confidence": record | {"chance": chance}}
     return out
@@ -360,9 +361,19 @@ def capture_trials(
         One row per (measure, trial): ``measure, trial, start_um`` (the perturbed start's
         distance to the unperturbed one), ``to_answer_um``, ``success``, ``error_um`` (the
         ground-truth grid error when there is ground truth, else the landmark MAE),
-        ``reference`` (which of the two), ``status``.
+        ``reference`` (which of the two), ``search_gap`` (the start search's lead of the
+        winner over the best other basin; inf: one basin; NaN: no search), ``status``.
     """
-    columns = ["measure", "trial", "start_um", "to_answer_um", "success", "error_um", "status"]
+    columns = [
+        "measure",
+        "trial",
+        "start_um",
+        "to_answer_um",
+        "success",
+        "error_um",
+        "search_gap",
+        "status",
+    ]
     reference = "ground truth" if ground_truth is not None else "landmarks"
     if not answers:
         return pd.DataFrame(columns=[*columns, "reference"])
@@ -396,15 +407,17 @@ def capture_trials(
             got = every[measure]
             matrix = np.asarray(got["matrix"]) if "matrix" in got else None
             status = got["status"]
+            gap = got.get("search", {}).get("gap")  # None: one basin, or no search
             if confidence is not None and matrix is not None:
                 converged = bool(got["info"]["levels"][-1]["converged"])
                 args = (moving_for(measure), fixed, matrix, perturbed, px_per_um, measure)
-                status, _ = assess(*args, chance[measure], confidence, converged)
+                status, _ = assess(*args, chance[measure], confidence, converged, search_gap=gap)
                 status = with_consensus(status, matrix, agreed, shape, px_per_um, confidence)
             row = {
                 "measure": measure,
                 "trial": trial,
                 "start_um": grid_error_um(perturbed, answer, shape, px_per_um),
+                "search_gap": np.nan if "search" not in got else np.inf if gap is None else gap,
                 "status": status,
             }
             if matrix is not None:
