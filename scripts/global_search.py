@@ -34,7 +34,7 @@ with job(smk) as log:
         confocal,
         moving_px_per_um=ppu,
         fixed_px_per_um=raw.lm_px_per_um,
-        search=SearchRange.from_config(opts),
+        search=SearchRange.from_config(opts | {"crop_margin_um": smk.params.crop_margin_um}),
         measure=measure,
         refine_moving=tem if measure == "mi" else None,
         options=dict(smk.params.optimiser),

@@ -20,6 +20,7 @@ from clemalign.search import (
     local_contrast,
     masked_ncc,
     pick_refined,
+    refine_placement,
     start_candidates,
     windowed_ncc,
 )
@@ -72,6 +73,26 @@ def test_global_search_recovers_a_rotated_scaled_placement(mirrored):
     )
     assert truth_error_um(found.matrix, truth, moving.shape, ppu) < 0.05
     assert found.candidates[0]["mirrored"] is mirrored and found.gap > 0.1
+
+
+@pytest.mark.parametrize("margin_um", [3.0, None])
+def test_refine_placement_answers_in_the_whole_fixed_frame(margin_um):
+    """From a placement 0.6 um and 2 deg off, near the fixed image's edge (the crop is
+    clipped there), the refinement on the crop (resampled to the moving image's
+    sampling) and on the whole fixed image both recover the truth in the whole image's
+    um; a placement outside the fixed image is refused."""
+    fixed_ppu, moving_ppu = 3.0, 4.0
+    fixed = _textured((180, 180), seed=4, sigma=1.5)  # 60 um at 3 px/um
+    truth = affine_matrix(20.0, (1.03, 0.98), 0.01, (41.0, 2.0), center_um=(0.0, 0.0))
+    moving = warp_image(fixed, fixed_ppu, np.linalg.inv(truth), (72, 72), moving_ppu, order=3)
+    off = truth @ affine_matrix(2.0, (1.0, 1.0), 0.0, (0.6, -0.4), center_um=(9.0, 9.0))
+    kwargs = {"moving_px_per_um": moving_ppu, "fixed_px_per_um": fixed_ppu, "measure": "ssd"}
+    assert truth_error_um(off, truth, moving.shape, moving_ppu) > 0.5
+    got = refine_placement(moving, fixed, off, crop_margin_um=margin_um, **kwargs)
+    assert truth_error_um(got, truth, moving.shape, moving_ppu) < 0.05
+    outside = affine_matrix(0.0, (1.0, 1.0), 0.0, (200.0, 200.0))
+    with pytest.raises(ValueError):
+        refine_placement(moving, fixed, outside, crop_margin_um=margin_um, **kwargs)
 
 
 def test_local_contrast_removes_a_slow_background():

@@ -54,6 +54,12 @@ class SearchRange:
         not the large dark nuclei or the slow background, decides the match.
     candidates : int
         Best distinct candidates refined at full sampling.
+    crop_margin_um : float or None
+        Each candidate is refined against the fixed image cropped to its footprint plus
+        this margin (um) and resampled to the moving image's sampling, as the
+        preprocessing prepares a landmark-started pair (config ``preprocess.margin_um``),
+        so that an answer found without a start is the one a start at that placement
+        would give. None: against the whole fixed image at its own sampling.
     """
 
     rotation_deg: tuple[float, float] = (-180.0, 180.0)
@@ -65,6 +71,7 @@ class SearchRange:
     min_overlap: float = 0.8
     contrast_um: float = 1.0
     candidates: int = 4
+    crop_margin_um: float | None = 3.0
 
     @classmethod
     def from_config(cls, settings) -> SearchRange:
@@ -457,23 +464,24 @@ def global_search(
     refined = []
     for c in _distinct(starts, len(starts), moving.shape, moving_px_per_um):
         try:
-            got = register_affine(
+            matrix = refine_placement(
                 refine_moving,
                 fixed,
                 c["matrix"],
                 moving_px_per_um=moving_px_per_um,
                 fixed_px_per_um=fixed_px_per_um,
+                crop_margin_um=search.crop_margin_um,
                 measure=measure,
-                **(options or {}),
+                options=options,
             )
         except (ValueError, np.linalg.LinAlgError, FloatingPointError):
             continue
         values = [
-            _similarity(p, fixed_lc, got.matrix, moving_px_per_um, fixed_px_per_um, "ssd")
+            _similarity(p, fixed_lc, matrix, moving_px_per_um, fixed_px_per_um, "ssd")
             for p in probes
         ]
         refined.append(
-            c | {"similarity": float(np.mean(values)), "matrix": got.matrix, "coarse": c["matrix"]}
+            c | {"similarity": float(np.mean(values)), "matrix": matrix, "coarse": c["matrix"]}
         )
     refined = [r for r in refined if np.isfinite(r["similarity"])]
     if not refined:
@@ -487,6 +495,52 @@ def global_search(
     ]
     gap = best["similarity"] - max(others) if others else float("inf")
     return SearchResult(best["matrix"], best["similarity"], gap, refined)
+
+
+def refine_placement(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    placement: np.ndarray,
+    *,
+    moving_px_per_um: float,
+    fixed_px_per_um: float,
+    crop_margin_um: float | None,
+    measure: str = "mi",
+    options: dict | None = None,
+) -> np.ndarray:
+    """The affine registration of ``moving`` from ``placement`` (moving um -> fixed um),
+    against the fixed image cropped to the placement's footprint plus
+    ``crop_margin_um`` and resampled to ``moving_px_per_um`` (the landmark route's
+    preparation, :func:`clemalign.preprocess.prepare_analogy_pair`), or against the
+    whole fixed image when ``crop_margin_um`` is None. Returns the answer in the whole
+    fixed image's um."""
+    from .preprocess import resample
+
+    options = dict(options or {})
+    kwargs = {"moving_px_per_um": moving_px_per_um, "measure": measure} | options
+    if crop_margin_um is None:
+        return register_affine(
+            moving, fixed, placement, fixed_px_per_um=fixed_px_per_um, **kwargs
+        ).matrix
+    h, w = moving.shape[0] / moving_px_per_um, moving.shape[1] / moving_px_per_um
+    corners = np.array([[0.0, w, 0.0, w], [0.0, 0.0, h, h], [1.0, 1.0, 1.0, 1.0]])
+    footprint = (np.asarray(placement, float) @ corners)[:2].T
+    field_um = np.array([fixed.shape[1], fixed.shape[0]]) / fixed_px_per_um
+    lo = np.maximum(footprint.min(0) - crop_margin_um, 0.0)
+    hi = np.minimum(footprint.max(0) + crop_margin_um, field_um)
+    size = np.round((hi - lo) * moving_px_per_um) / moving_px_per_um  # whole pixels
+    if np.any(size <= 0):
+        raise ValueError("the placement puts the moving image outside the fixed image")
+    origin = (float(lo[0]), float(lo[1]))
+    crop = resample(fixed, fixed_px_per_um, moving_px_per_um, origin, tuple(size))
+    to_crop = np.eye(3)
+    to_crop[:2, 2] = -lo
+    got = register_affine(
+        moving, crop, to_crop @ placement, fixed_px_per_um=moving_px_per_um, **kwargs
+    )
+    back = np.eye(3)
+    back[:2, 2] = lo
+    return back @ got.matrix
 
 
 def global_status(result: SearchResult, limits, min_gap: float) -> str:

@@ -181,6 +181,7 @@ rule global_search:
     params:
         case=case_record,
         search=config["registration"]["global_search"],
+        crop_margin_um=config["preprocess"]["margin_um"],  # refined as a landmark-started pair
         optimiser=REGISTRATION["optimiser"],
         confidence=config["registration"]["confidence"],
     log:
