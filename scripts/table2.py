@@ -5,7 +5,7 @@ import pandas as pd
 
 from clemalign.evaluation import LONG_COLUMNS
 from clemalign.figures import registration_errors_plot
-from clemalign.io import read_json
+from clemalign.io import read_case_table, read_json
 from clemalign.runner import job
 from clemalign.tables import (
     concat_rows,
@@ -19,7 +19,7 @@ from clemalign.tables import (
 smk = snakemake  # noqa: F821 - injected by Snakemake
 
 with job(smk) as log:
-    found = [pd.read_csv(path) for path in smk.input.errors]
+    found = [read_case_table(path) for path in smk.input.errors]
     errors = pd.concat(found, ignore_index=True) if found else pd.DataFrame(columns=LONG_COLUMNS)
     long = errors[errors["measure"] != "start"][LONG_COLUMNS]
     keys = [{"source": s, "measure": m} for s, m in smk.params.routes]

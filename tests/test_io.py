@@ -7,6 +7,7 @@ from clemalign.errors import ClemalignError
 from clemalign.io import (
     _zeiss_px_per_um,
     pixel_size_source,
+    read_case_table,
     read_image,
     read_landmarks,
     read_pixel_size,
@@ -229,3 +230,24 @@ def test_landmark_round_trip_and_errors(tmp_path):
     table.drop(columns="lm_y_um").to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ClemalignError, match="lm_y_um"):
         read_landmarks(tmp_path / "bad.csv")
+
+
+def test_case_table_keeps_names_that_look_missing(tmp_path):
+    """Cases named NA, nan or null stay names in the results tables; empty numbers are NaN."""
+    table = pd.DataFrame(
+        {
+            "case": ["NA", "nan", "null", "tem01"],
+            "source": ["raw"] * 4,
+            "measure": ["mi"] * 4,
+            "mae_um": [0.1, np.nan, 0.3, 0.4],
+            "success": [True, False, True, True],
+            "status": ["ok", "failed: x", "ok", "ok"],
+        }
+    )
+    path = tmp_path / "errors.csv"
+    table.to_csv(path, index=False)
+    back = read_case_table(path)
+    assert list(back["case"]) == ["NA", "nan", "null", "tem01"]
+    assert back["mae_um"].dtype == float and np.isnan(back.loc[1, "mae_um"])
+    assert back["success"].dtype == bool and list(back["status"]) == list(table["status"])
+    assert pd.read_csv(path)["case"].isna().sum() == 3  # what a plain read_csv made of them

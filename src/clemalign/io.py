@@ -347,6 +347,22 @@ def read_landmarks(path: str | Path) -> pd.DataFrame:
     return table
 
 
+#: Columns of the per-case tables that hold names and statuses, never numbers.
+TEXT_COLUMNS = ("case", "source", "measure", "status", "reference", "protocol", "route")
+
+
+def read_case_table(path: str | Path) -> pd.DataFrame:
+    """A per-case results table (CSV) with its name columns (:data:`TEXT_COLUMNS`) read as
+    written: a case named ``NA``, ``nan`` or ``null`` stays that name, not a missing
+    value. Empty cells of the other columns are NaN."""
+    columns = pd.read_csv(path, nrows=0).columns
+    text = [c for c in columns if c in TEXT_COLUMNS]
+    missing = {c: ["", "nan", "NaN"] for c in columns if c not in TEXT_COLUMNS}
+    return pd.read_csv(
+        path, keep_default_na=False, na_values=missing, dtype=dict.fromkeys(text, str)
+    )
+
+
 def write_json(path: str | Path, data: dict) -> None:
     """Write a dict as indented JSON (numpy values converted)."""
     path = Path(path)
