@@ -65,7 +65,7 @@ with job(smk) as log:
     results = {s: read_json(path) for s, path in zip(sources, smk.input.answers, strict=True)}
     limits = ConfidenceLimits.from_config(smk.params.confidence)
     agreed = None
-    for source, output in zip(sources, smk.output, strict=True):
+    for source, output in zip(smk.params.tested, smk.output, strict=True):
         files = source_files(source, dict(smk.input.items()))
         images = load_registration_images(case, smk.input.em, *files)
         if agreed is None:  # the consensus of every route's answer, on the TEM grid

@@ -56,6 +56,7 @@ TABLES += [
 TABLES += [f"tables/nonrigid{sfx}" for sfx in (".csv", ".md", ".tex")]
 TABLES += ["figures/table2_errors.png", "figures/capture_range.png"]
 SOURCES = ("sparse", "sparse_denoised", "hertzmann", "raw")
+CAPTURED = ("sparse", "hertzmann", "raw")  # registration.capture_range.sources
 ANALOGY = [
     f"analogy/{case}/{f}"
     for case in ("tem01", "tem02")
@@ -83,7 +84,7 @@ ANALOGY += [
     for case in ("tem01", "tem02")
     for f in (
         [f"{s}.json" for s in SOURCES]
-        + [f"capture_{s}.csv" for s in SOURCES]
+        + [f"capture_{s}.csv" for s in CAPTURED]
         + ["errors.csv", "global.json"]
     )
 ]
@@ -170,7 +171,9 @@ def test_tiny_run_produces_every_output_deterministically(tiny_runs):
         "success_rate",
         "median_um",
     ]
-    assert len(capture) == 40 and set(capture["protocol"]) == {"standard", "wide"}
+    # 2 cases x 2 protocols x (sparse: 3 measures, hertzmann and raw: 2); no sparse_denoised
+    assert len(capture) == 28 and set(capture["protocol"]) == {"standard", "wide"}
+    assert set(capture["source"]) == set(CAPTURED)
     assert (capture.loc[capture["protocol"] == "wide", "trials"] == 1).all()
     assert (capture.loc[capture["protocol"] == "standard", "trials"] == 2).all()
     # Same config and seed, other folder, 1 core instead of 2: identical data, images
@@ -291,6 +294,7 @@ def test_lint_is_clean():
         ("synthetic: {analogy: {tem_px_per_um: -5}}", "tem_px_per_um", "-5"),
         ("preprocess: {px_per_um: 14.52, channel: purple}", "channel", "purple"),
         ("seed: -3", "seed", "-3"),
+        ("registration: {capture_range: {sources: [raw, bogus]}}", "sources", "bogus"),
     ],
 )
 def test_bad_config_value_is_rejected_at_start_up(tmp_path, snippet, key, value):

@@ -215,6 +215,13 @@ def registration_sources():
     return sources
 
 
+def capture_sources():
+    """The registered sources that also run from perturbed starts: those of
+    registration.capture_range.sources (null: all of them)."""
+    wanted = config["registration"]["capture_range"].get("sources")
+    return [s for s in registration_sources() if wanted is None or s in wanted]
+
+
 def table2_routes():
     """(source, measure) of every Table 2 column: each source's measures, the landmark fit."""
     measures = config["registration"]["measures"]

@@ -110,9 +110,7 @@ rule capture_range:
             f"{R}/registration/{{{{case}}}}/{{source}}.json", source=registration_sources()
         ),
     output:
-        expand(
-            f"{R}/registration/{{{{case}}}}/capture_{{source}}.csv", source=registration_sources()
-        ),
+        expand(f"{R}/registration/{{{{case}}}}/capture_{{source}}.csv", source=capture_sources()),
     wildcard_constraints:
         case=constraint(cases_of("analogy")),
     params:
@@ -120,7 +118,8 @@ rule capture_range:
         start_search=REGISTRATION["start_search"],
         capture=config["registration"]["capture_range"],
         confidence=config["registration"]["confidence"],
-        sources=registration_sources(),
+        sources=registration_sources(),  # every answer: the consensus
+        tested=capture_sources(),
         seed=config["seed"],
     log:
         f"{R}/logs/capture_range/{{case}}.log",
@@ -141,7 +140,7 @@ rule capture_table:
         lambda wc: [
             f"{R}/registration/{n}/capture_{s}.csv"
             for n in usable_cases("analogy")
-            for s in registration_sources()
+            for s in capture_sources()
         ],
     output:
         summary=report(
