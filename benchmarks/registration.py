@@ -1,19 +1,41 @@
-"""Our affine registration (clemalign.register) against SimpleITK and elastix, same pairs,
-same start.
+"""Our affine registration (clemalign) against SimpleITK and elastix: same pairs, same
+landmark start, same perturbed starts; ours both alone and as the workflow's routes run it
+(after the start search).
 
-For the default synthetic analogy cases already on disk (``results/preprocessed/tem0*``
-and ``results/analogy/tem0*``), each moving image is registered to the confocal crop
-(``lm.tif``) from the landmark similarity (``start_transform.json``):
+For each default synthetic analogy case already on disk (``results/preprocessed/tem0*``
+and ``results/analogy/tem0*``; ``--cases`` picks some), each moving image is registered
+to the confocal crop (``lm.tif``):
 
 * source ``sparse``: the sparse-analogy prediction (``sparse_predicted.tif``);
-* source ``tem``: the TEM itself, inverted (``1 - em``) for SSD, raw for MI;
+* source ``raw``: the TEM itself, inverted (``1 - em``) for SSD, raw for MI (the
+  workflow's ``raw`` source; both made by :func:`clemalign.routes.moving_image`);
 
 under SSD (ours: standardised intensities; SimpleITK MeanSquares and elastix
 AdvancedMeanSquares on the same standardised images) and MI (ours: Parzen joint
-histogram, 32 bins, all pixels; SimpleITK: Mattes MI, 32 bins, 100 % sampling; elastix:
+histogram, all pixels; SimpleITK: Mattes MI, 32 bins, 100 % sampling; elastix:
 AdvancedMattesMutualInformation, 32 bins, every fixed pixel). Ours also runs eq. 12
 (``wssd``, weights ``1 - sparse_uncertainty``) on the sparse source, which neither peer
-has.
+has. These are the workflow's routes sparse/ssd, sparse/mi, sparse/wssd, raw/ssd, raw/mi.
+
+Methods (columns):
+
+* ``ours``: :func:`clemalign.register.register_affine` from the given start alone (the
+  paper's local registration), with the workflow's optimiser options read from
+  ``config.yaml`` (``registration.levels``, ``registration.bins``: 3 and 32 at the time
+  of writing, as SimpleITK's and elastix's levels and bins here).
+* ``ours+search``: the workflow's route: :func:`clemalign.routes.register_measures`
+  (``confidence=None``, one measure per call) with the same options and
+  ``search=StartSearch.maybe(registration.start_search)`` from ``config.yaml``, i.e.
+  :func:`clemalign.search.start_candidates` about the start on the source's SSD image,
+  each candidate registered at the coarsest level, the best locally normalised
+  correlation registered at every level. (``start_search: null`` would make it the
+  local registration again, as in the workflow.) The workflow runs one search per
+  route and start for all of a source's measures; here each measure pays its own search,
+  so its time is an upper bound of the workflow's per measure. The search alone
+  (``start_candidates`` from the landmark start) is timed too and printed per source.
+* ``sitk``: SimpleITK (below).
+* ``elastix``: itk-elastix (below; if it does not import, the script says so and leaves
+  its column empty).
 
 SimpleITK setup: its fixed image is the confocal (origin at the centre of pixel 0, i.e.
 ``0.5 / p`` um, spacing ``1 / p`` um), its moving image the TEM-grid image; its
@@ -22,16 +44,16 @@ is inverted back. AffineTransform centred on the start footprint, linear interpo
 RegularStepGradientDescent (learning rate 0.1, min step 1e-4, 200 iterations per level,
 relaxation 0.5; with learning rate 0.5 its MI on the raw TEM diverged in 5 of 6 cases)
 with scales from physical shift, shrink factors 4, 2, 1 with smoothing
-sigmas 2, 1, 0 px; one thread (ours is single-threaded too).
+sigmas 2, 1, 0 px; one thread (ours is single-threaded too). A run SimpleITK aborts
+(e.g. all samples outside the moving image from a perturbed start) counts as a failure.
 
-elastix setup (itk-elastix; if it does not import, the script says so and leaves its
-column empty): the same fixed and moving images in um as SimpleITK (fixed: the confocal;
+elastix setup: the same fixed and moving images in um as SimpleITK (fixed: the confocal;
 elastix's transforms, too, map fixed to moving points). ``GetDefaultParameterMap('affine',
 3)`` with these changes: metric ``AdvancedMeanSquares`` (SSD) or
 ``AdvancedMattesMutualInformation`` with ``NumberOfHistogramBins 32`` (MI; Parzen kernels
 left at elastix's defaults, B-spline order 0 fixed / 3 moving); ``ImageSampler Full``
 (every fixed pixel at every iteration, ``NewSamplesEveryIteration false``) instead of the
-default 2048 random samples, so that the three methods see the same pixels and elastix's
+default 2048 random samples, so that the methods see the same pixels and elastix's
 answer and time do not depend on a random draw. This costs elastix 20-25 times its
 default-sampling time at about the same error (tem01, CPU s per run, full vs 2048 random:
 SSD 6.5 vs 0.3, MI 13 vs 0.5; ground-truth errors within 0.01 um of each other), so its
@@ -50,31 +72,47 @@ verifies (a known warp recovered from the identity and from a start far from it,
 reversed composition rejected, elastix's combination transform agreeing, and zero
 iterations giving back the start); our moving->fixed matrix is ``inv(found @ initial)``.
 A run elastix aborts (e.g. too few samples inside the moving image from a perturbed
-start) counts as a failure (error ``inf``; from the landmark start, all of that pair's
-perturbed trials fail too).
+start) counts as a failure.
 
 Error: mean distance (um) between the result and the ground truth over the TEM pixel
 grid (``frame.json``: the deformation field where the phantom has one, else the
-affine); time: median of ``repeats`` runs, seconds.
+affine); a failure's error is ``inf``. Time: per case and route, the median of
+``repeats`` registrations from the landmark start, wall seconds.
 
-Capture range: ``trials`` seeded random perturbations of the start per case
-(:func:`clemalign.register.perturb_affine`: rotation up to 4 deg, per-axis scale up to
-5 %, shear up to 3 %, translation up to 8 px); a trial succeeds when the method comes back
-within 0.2 um (mean over the TEM grid) of its own unperturbed answer.
+Capture range: for every protocol of ``registration.capture_range.protocols`` in
+``config.yaml`` (at the time of writing ``standard``: rotation up to 4 deg, per-axis
+scale up to 5 %, shear up to 3 %, translation up to 0.55 um = 8 px; ``wide``: 15 deg,
+10 %, 3 %, 2 um), ``trials`` perturbed starts per case (default: the protocol's own
+number from the config), drawn as the workflow's ``capture_range`` rule draws them:
+:func:`clemalign.register.perturb_affine` about the TEM centre with the protocol's
+bounds, from ``clemalign.seeds.rng_for(seed, "capture_range/<protocol>", case)`` (so the
+first ones are the workflow's own trials, and no case's starts depend on the others).
+Every method and route registers from the same starts. A trial succeeds when the method
+comes back within ``registration.capture_range.success_um`` (0.2 um) of its own answer
+from the landmark start (mean distance over the TEM grid; a failure, or no answer from
+the landmark start, is no success). Also counted: trials whose answer ends more than
+1 um from the ground truth (failures included).
 
-    python benchmarks/registration.py [repeats] [trials]
+Printed: the elastix self-check; per case and route each method's error and time from
+the landmark start; then per route and method: the median over cases of the error (um)
+and time (s) from the landmark start, the median over cases of the time ratio to
+SimpleITK, and per protocol the success rate and the trials more than 1 um from the
+truth; the median search time per source; and the run's wall time.
+
+    python benchmarks/registration.py [repeats] [trials] [--cases tem01 ...]
     python benchmarks/registration.py --selfcheck   # elastix's conventions only
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import yaml
 
 try:  # itk-elastix is optional: without it the elastix column stays empty
     import itk
@@ -93,14 +131,22 @@ from clemalign.register import (
     register_affine,
     weights_from_uncertainty,
 )
+from clemalign.routes import moving_image, register_measures
+from clemalign.search import StartSearch, start_candidates
+from clemalign.seeds import rng_for
 from clemalign.transforms import apply
 
-ROOT = Path(__file__).resolve().parents[1] / "results"
+REPO = Path(__file__).resolve().parents[1]
+ROOT = REPO / "results"
+CONFIG = REPO / "config.yaml"
 CASES = [f"tem0{i}" for i in range(1, 7)]
-BINS = 32
+BINS = 32  # SimpleITK's and elastix's
 LEVELS = 3
 ITERATIONS = 200  # per level, all three methods
-SUCCESS_UM = 0.2  # capture range: back within this of the unperturbed answer
+#: The routes registered: source -> measures (the workflow's, for these two sources).
+ROUTES = {"sparse": ("ssd", "mi", "wssd"), "raw": ("ssd", "mi")}
+METHODS = ("ours", "ours+search", "sitk", "elastix")
+FAR_UM = 1.0  # trials ending farther than this from the ground truth are counted
 
 
 def standardise(moving: np.ndarray, fixed: np.ndarray, start: np.ndarray, ppu: float):
@@ -344,6 +390,34 @@ def elastix_selfcheck(tolerance_um: float = 0.02) -> None:
     print("elastix self-check passed")
 
 
+def workflow_settings(path: Path = CONFIG) -> dict:
+    """What the workflow's routes and capture range read from ``config.yaml``."""
+    config = yaml.safe_load(path.read_text())
+    registration = config["registration"]
+    capture = registration["capture_range"]
+    return {
+        "seed": int(config["seed"]),
+        # the register rule's optimiser options (workflow: REGISTRATION["optimiser"])
+        "options": {"levels": registration["levels"], "bins": registration["bins"]},
+        "search": StartSearch.maybe(registration.get("start_search")),
+        "protocols": list(capture["protocols"]),
+        "trials": int(capture["trials"]),
+        "success_um": float(capture["success_um"]),
+    }
+
+
+def perturbed_starts(settings: dict, protocol: dict, case: str, start, shape, ppu, trials):
+    """The capture range's perturbed starts of one case and protocol, drawn as
+    :func:`clemalign.routes.capture_trials` draws them, from the workflow's seed."""
+    rng = rng_for(settings["seed"], f"capture_range/{protocol['name']}", case)
+    centre = (shape[1] / (2 * ppu), shape[0] / (2 * ppu))
+    bounds = {
+        k: float(protocol[k])
+        for k in ("max_rotation_deg", "max_scale", "max_shear", "max_translation_um")
+    }
+    return [perturb_affine(start, rng, centre, **bounds) for _ in range(trials)]
+
+
 def timed(run, repeats: int) -> tuple[np.ndarray, float]:
     """Result of the last run and the median time (s) of ``repeats`` runs."""
     times = []
@@ -354,21 +428,237 @@ def timed(run, repeats: int) -> tuple[np.ndarray, float]:
     return result, float(np.median(times))
 
 
-def ours_register(moving, fixed, start, ppu_m, ppu_f, measure, weights=None) -> np.ndarray:
-    """Our registration with the workflow's defaults; returns the matrix."""
-    return register_affine(
-        moving,
-        fixed,
-        start,
-        moving_px_per_um=ppu_m,
-        fixed_px_per_um=ppu_f,
-        measure=measure,
-        weights=weights,
-        bins=BINS,
-    ).matrix
+def ours_register(moving, fixed, start, *, ppu_m, ppu_f, measure, weights, options):
+    """Our local registration from ``start`` alone; the matrix, or None when it fails (the
+    errors :func:`clemalign.routes.register_measures` records as failures)."""
+    try:
+        return register_affine(
+            moving,
+            fixed,
+            start,
+            moving_px_per_um=ppu_m,
+            fixed_px_per_um=ppu_f,
+            measure=measure,
+            weights=weights,
+            **options,
+        ).matrix
+    except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+        return None
 
 
-def main(repeats: int, trials: int) -> None:
+def ours_routed(moving_for, fixed, start, *, ppu, measure, weights, options, search):
+    """The workflow's route (:func:`clemalign.routes.register_measures`, with the start
+    search, no confidence checks) for one measure; the matrix, or None when failed."""
+    got = register_measures(
+        moving_for, fixed, start, [measure], ppu, weights, options, confidence=None, search=search
+    )[measure]
+    if "matrix" not in got or got["status"].startswith("failed"):
+        return None
+    return np.asarray(got["matrix"], float)
+
+
+def sitk_or_none(moving, fixed, start, *, ppu_m, ppu_f, metric):
+    """:func:`sitk_register`, or None when SimpleITK aborts (counted as a failure)."""
+    try:
+        return sitk_register(moving, fixed, start, ppu_m, ppu_f, metric)
+    except RuntimeError:  # SimpleITK's exceptions, e.g. all samples outside the image
+        return None
+
+
+def run_case(case, settings, repeats, trials, rows, capture, searches) -> None:
+    """Every route and method of one case; appends to ``rows`` (landmark start),
+    ``capture`` (perturbed starts) and ``searches`` (time of the search alone)."""
+    pre, ana = ROOT / "preprocessed" / case, ROOT / "analogy" / case
+    em, ppu_m = read_image(pre / "em.tif")
+    lm, ppu_f = read_image(pre / "lm.tif")
+    if abs(ppu_m - ppu_f) > 1e-6 * ppu_m:  # register_measures takes one sampling
+        raise ValueError(f"{case}: TEM at {ppu_m} px/um, confocal at {ppu_f}")
+    start = np.asarray(read_json(pre / "start_transform.json")["matrix"], float)
+    truth = frame_ground_truth(read_json(pre / "frame.json"))
+    predicted, _ = read_image(ana / "sparse_predicted.tif")
+    weights = weights_from_uncertainty(read_image(ana / "sparse_uncertainty.tif")[0])
+    em, lm, predicted = (np.asarray(a, np.float64) for a in (em, lm, predicted))
+    options, search = settings["options"], settings["search"]
+
+    def err(m) -> float:  # to the ground truth (the realistic phantom's deformation field)
+        return np.inf if m is None else truth_error_um(m, truth, em.shape, ppu_m)
+
+    rows.append((case, "start", "-", "start", err(start), np.nan))
+    starts = {
+        p["name"]: perturbed_starts(
+            settings,
+            p,
+            case,
+            start,
+            em.shape,
+            ppu_m,
+            p.get("trials", settings["trials"]) if trials is None else trials,
+        )
+        for p in settings["protocols"]
+    }
+    for name, begins in starts.items():
+        for trial, begin in enumerate(begins):
+            capture.append((case, "start", "-", name, "start", trial, np.nan, err(begin)))
+    for source, measures in ROUTES.items():
+
+        def moving_for(measure, source=source):
+            return moving_image(source, measure, em, predicted)
+
+        if search is not None:
+            _, seconds = timed(
+                partial(
+                    start_candidates,
+                    moving_for("ssd"),
+                    lm,
+                    start,
+                    moving_px_per_um=ppu_m,
+                    fixed_px_per_um=ppu_f,
+                    search=search,
+                ),
+                repeats,
+            )
+            searches.append((case, source, seconds))
+        for measure in measures:
+            moving = moving_for(measure)
+            w = weights if measure == "wssd" else None
+            run = {
+                "ours": partial(
+                    ours_register,
+                    moving,
+                    lm,
+                    ppu_m=ppu_m,
+                    ppu_f=ppu_f,
+                    measure=measure,
+                    weights=w,
+                    options=options,
+                ),
+                "ours+search": partial(
+                    ours_routed,
+                    moving_for,
+                    lm,
+                    ppu=ppu_m,
+                    measure=measure,
+                    weights=weights,
+                    options=options,
+                    search=search,
+                ),
+            }
+            if measure != "wssd":  # the peers: SSD on standardised images, MI on the raw ones
+                sm, sf = standardise(moving, lm, start, ppu_m) if measure == "ssd" else (moving, lm)
+                peer = {"ppu_m": ppu_m, "ppu_f": ppu_f, "metric": measure}
+                run["sitk"] = partial(sitk_or_none, sm, sf, **peer)
+                if itk is not None:
+                    run["elastix"] = partial(elastix_register, sm, sf, **peer)
+            answers = {}
+            for method, register in run.items():
+                answers[method], seconds = timed(partial(register, start), repeats)
+                rows.append((case, source, measure, method, err(answers[method]), seconds))
+            for name, begins in starts.items():
+                for trial, begin in enumerate(begins):
+                    for method, register in run.items():
+                        got, answer = register(begin), answers[method]
+                        to_answer = np.inf
+                        if got is not None and answer is not None:
+                            to_answer = grid_error_um(got, answer, em.shape, ppu_m)
+                        capture.append(
+                            (case, source, measure, name, method, trial, to_answer, err(got))
+                        )
+        print(f"  {case} {source}: done", flush=True)
+
+
+def print_cases(rows) -> None:
+    """Per case and route: each method's error (um) and time (s) from the landmark start."""
+    head = f"{'case':<6} {'source':<7} {'measure':<7}"
+    for method in METHODS:
+        head += f" {method + ' um':>15} {'s':>6}"
+    print(head)
+    keys = dict.fromkeys((r[0], r[1], r[2]) for r in rows)
+    for case, source, measure in keys:
+        cells = ""
+        for method in METHODS:
+            got = [
+                r for r in rows if r[:3] == (case, source, measure) and r[3] in (method, "start")
+            ]
+            if not got:
+                cells += f" {'-':>15} {'-':>6}"
+                continue
+            error, seconds = got[0][4], got[0][5]
+            cells += f" {error:>15.4f} {'-' if np.isnan(seconds) else f'{seconds:.3f}':>6}"
+            if source == "start":
+                break
+        print(f"{case:<6} {source:<7} {measure:<7}{cells}")
+
+
+def print_summary(rows, capture, searches, protocols, success_um) -> None:
+    """Per route and method: median error and time over cases, time ratio to SimpleITK,
+    and per protocol the capture success rate and the trials far from the truth."""
+    names = [p["name"] for p in protocols]
+    print(
+        "\nsummary per route and method. landmark start: median over cases of the"
+        " ground-truth error (um) and of the time per registration (s); x sitk: median over"
+        " cases of time / SimpleITK's time. capture, per protocol: success rate"
+        f" (back within {success_um} um of the method's own landmark-start answer), its"
+        f" count of trials, and >{FAR_UM:g}um: trials ending more than {FAR_UM:g} um from"
+        " the ground truth (failures included)"
+    )
+    head = f"{'source':<7} {'measure':<7} {'method':<12} {'err um':>8} {'time s':>7} {'x sitk':>7}"
+    for name in names:
+        head += f" | {name + ' ok':>20} {'>' + f'{FAR_UM:g}' + 'um':>7}"
+    print(head)
+    for source, measures in ROUTES.items():
+        for measure in measures:
+            for method in METHODS:
+                sel = [r for r in rows if r[1:4] == (source, measure, method)]
+                if not sel:
+                    continue
+                cases = [r[0] for r in sel]
+                sitk_s = {r[0]: r[5] for r in rows if r[1:4] == (source, measure, "sitk")}
+                ratios = [r[5] / sitk_s[r[0]] for r in sel if r[0] in sitk_s]
+                ratio = f"{np.median(ratios):.2f}" if ratios else "-"
+                line = (
+                    f"{source:<7} {measure:<7} {method:<12} {np.median([r[4] for r in sel]):>8.4f}"
+                    f" {np.median([r[5] for r in sel]):>7.3f} {ratio:>7}"
+                )
+                for name in names:
+                    trials = [
+                        c
+                        for c in capture
+                        if c[1:5] == (source, measure, name, method) and c[0] in cases
+                    ]
+                    ok = sum(c[6] <= success_um for c in trials)
+                    far = sum(not c[7] <= FAR_UM for c in trials)  # inf (failed) counts
+                    rate = f"{ok / len(trials):.0%} ({ok}/{len(trials)})" if trials else "-"
+                    line += f" | {rate:>20} {far:>7}"
+                print(line)
+    start_err = [r[4] for r in rows if r[1] == "start"]
+    print(f"\nlandmark start (similarity): median error {np.median(start_err):.4f} um")
+    for name in names:
+        errors = np.array([c[7] for c in capture if c[1] == "start" and c[3] == name])
+        print(
+            f"perturbed starts, {name}: {len(errors)}, median error {np.median(errors):.4f} um,"
+            f" {int((errors > FAR_UM).sum())} more than {FAR_UM:g} um from the truth"
+        )
+    for source in ROUTES:
+        seconds = [s for _, src, s in searches if src == source]
+        if seconds:
+            print(
+                f"start search alone ({source}, from the landmark start):"
+                f" median {np.median(seconds):.3f} s"
+            )
+
+
+def main(repeats: int, trials: int | None, cases: list[str]) -> None:
+    wall = time.perf_counter()
+    settings = workflow_settings()
+    options, search = settings["options"], settings["search"]
+    print(f"config.yaml: optimiser {options}; start search {search}")
+    if (int(options["levels"]), int(options["bins"])) != (LEVELS, BINS):
+        print(f"note: the peers use {LEVELS} levels and {BINS} bins, ours the config's")
+    if search is None:
+        print("note: registration.start_search is null: ours+search is the local registration")
+    for p in settings["protocols"]:
+        n = p.get("trials", settings["trials"]) if trials is None else trials
+        print(f"capture protocol {p['name']}: {n} trials per case, {p}")
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     if itk is None:
         print(f"elastix unavailable ({ELASTIX_ERROR}); its column is left empty\n")
@@ -376,119 +666,28 @@ def main(repeats: int, trials: int) -> None:
         itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(1)
         elastix_selfcheck()  # also loads elastix's modules before anything is timed
         print()
-    rows, capture = [], []
-    for index, case in enumerate(CASES):
-        pre, ana = ROOT / "preprocessed" / case, ROOT / "analogy" / case
-        em, ppu_m = read_image(pre / "em.tif")
-        lm, ppu_f = read_image(pre / "lm.tif")
-        start = np.asarray(read_json(pre / "start_transform.json")["matrix"], float)
-        truth = frame_ground_truth(read_json(pre / "frame.json"))
-        predicted, _ = read_image(ana / "sparse_predicted.tif")
-        weights = weights_from_uncertainty(read_image(ana / "sparse_uncertainty.tif")[0])
-        em, lm, predicted = (np.asarray(a, np.float64) for a in (em, lm, predicted))
-
-        def err(m, a=None, shape=em.shape, p=ppu_m, truth=truth):
-            if a is None:  # the ground truth: the deformation field of the realistic phantom
-                return truth_error_um(m, truth, shape, p)
-            return grid_error_um(m, a, shape, p)
-
-        rows.append((case, "start", "-", err(start), *[np.nan] * 5))
-        rng = np.random.default_rng([2012, 600, index])
-        centre = (em.shape[1] / (2 * ppu_m), em.shape[0] / (2 * ppu_m))
-        starts = [
-            perturb_affine(start, rng, centre, max_translation_um=8.0 / ppu_m)
-            for _ in range(trials)
-        ]
-        pairs = [
-            ("sparse", "ssd", predicted),
-            ("sparse", "mi", predicted),
-            ("tem", "ssd", 1.0 - em),
-            ("tem", "mi", em),
-            ("sparse", "wssd", predicted),
-        ]
-        for source, measure, moving in pairs:
-            w = weights if measure == "wssd" else None
-            ours, t_ours = timed(
-                partial(ours_register, moving, lm, start, ppu_m, ppu_f, measure, w), repeats
-            )
-            theirs, t_sitk, sm, sf = None, np.nan, moving, lm
-            if measure != "wssd":
-                if measure == "ssd":
-                    sm, sf = standardise(moving, lm, start, ppu_m)
-                theirs, t_sitk = timed(
-                    partial(sitk_register, sm, sf, start, ppu_m, ppu_f, measure), repeats
-                )
-            e_sitk = np.nan if theirs is None else err(theirs)
-            elx, t_elx, e_elx = None, np.nan, np.nan
-            if measure != "wssd" and itk is not None:  # same images as SimpleITK
-                elx, t_elx = timed(
-                    partial(elastix_register, sm, sf, start, ppu_m, ppu_f, measure), repeats
-                )
-                e_elx = np.inf if elx is None else err(elx)  # inf: elastix aborted
-            rows.append((case, source, measure, err(ours), t_ours, e_sitk, t_sitk, e_elx, t_elx))
-            for perturbed in starts:
-                got = ours_register(moving, lm, perturbed, ppu_m, ppu_f, measure, w)
-                ok_sitk = ok_elx = np.nan
-                if theirs is not None:
-                    back = sitk_register(sm, sf, perturbed, ppu_m, ppu_f, measure)
-                    ok_sitk = err(back, theirs) <= SUCCESS_UM
-                if measure != "wssd" and itk is not None:
-                    # no answer from the landmark start (aborted): nothing to come back to
-                    back = None
-                    if elx is not None:
-                        back = elastix_register(sm, sf, perturbed, ppu_m, ppu_f, measure)
-                    ok_elx = back is not None and err(back, elx) <= SUCCESS_UM
-                capture.append((source, measure, err(got, ours) <= SUCCESS_UM, ok_sitk, ok_elx))
-
-    head = f"{'case':<6} {'source':<7} {'measure':<7} {'ours um':>8} {'ours s':>7} "
-    print(head + f"{'sitk um':>8} {'sitk s':>7} {'elx um':>8} {'elx s':>7}")
-    for case, source, measure, *values in rows:
-        cells = " ".join(f"{v:>8.4f}" if k % 2 == 0 else f"{v:>7.3f}" for k, v in enumerate(values))
-        print(f"{case:<6} {source:<7} {measure:<7} {cells}")
-    print(
-        "\nsummary over cases: median error (um), median time (s), median time ratios"
-        " ours/sitk and ours/elastix"
-    )
-    for source in ("sparse", "tem"):
-        for measure in ("ssd", "mi", "wssd"):
-            sel = [r for r in rows if r[1] == source and r[2] == measure]
-            if not sel:
-                continue
-            e_o, t_o, e_s, t_s, e_e, t_e = (np.array([r[k] for r in sel]) for k in range(3, 9))
-            print(
-                f"{source:<7} {measure:<5} ours {np.median(e_o):.4f} um {np.median(t_o):.3f} s"
-                f" | sitk {np.median(e_s):.4f} um {np.median(t_s):.3f} s"
-                f" | elastix {np.median(e_e):.4f} um {np.median(t_e):.3f} s"
-                f" | time ratios {np.median(t_o / t_s):.2f}, {np.median(t_o / t_e):.2f}"
-            )
-    starts_err = np.array([r[3] for r in rows if r[1] == "start"])
-    print(f"start (landmark similarity): median error {np.median(starts_err):.4f} um")
-    if trials:
-        print(
-            f"\ncapture range: {trials} perturbed starts per case (rotation <= 4 deg, scale <= 5 %"
-            f" per axis, shear <= 3 %, translation <= 8 px); success = back within"
-            f" {SUCCESS_UM} um of the unperturbed answer"
-        )
-        for source in ("sparse", "tem"):
-            for measure in ("ssd", "mi", "wssd"):
-                sel = [c for c in capture if c[0] == source and c[1] == measure]
-                if not sel:
-                    continue
-                ours_rate, sitk_rate, elx_rate = (np.mean([c[k] for c in sel]) for k in (2, 3, 4))
-                print(
-                    f"{source:<7} {measure:<5} ours {ours_rate:6.1%} | sitk {sitk_rate:6.1%}"
-                    f" | elastix {elx_rate:6.1%}  (n = {len(sel)})"
-                )
+    rows, capture, searches = [], [], []
+    for case in cases:
+        run_case(case, settings, repeats, trials, rows, capture, searches)
+    print()
+    print_cases(rows)
+    print_summary(rows, capture, searches, settings["protocols"], settings["success_um"])
+    print(f"\nwall time {time.perf_counter() - wall:.0f} s")
 
 
 if __name__ == "__main__":
-    if "--selfcheck" in sys.argv[1:]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("repeats", nargs="?", type=int, default=3, help="timing repeats")
+    parser.add_argument(
+        "trials", nargs="?", type=int, default=None, help="trials per protocol and case"
+    )
+    parser.add_argument("--cases", nargs="+", default=CASES)
+    parser.add_argument("--selfcheck", action="store_true", help="elastix's conventions only")
+    args = parser.parse_args()
+    if args.selfcheck:
         if itk is None:
-            sys.exit(f"elastix unavailable ({ELASTIX_ERROR})")
+            raise SystemExit(f"elastix unavailable ({ELASTIX_ERROR})")
         itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(1)
         elastix_selfcheck()
     else:
-        main(
-            int(sys.argv[1]) if len(sys.argv) > 1 else 3,
-            int(sys.argv[2]) if len(sys.argv) > 2 else 10,
-        )
+        main(args.repeats, args.trials, args.cases)
