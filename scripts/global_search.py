@@ -1,17 +1,20 @@
 """Rule global_search: a case registered with no start at all (no landmarks), as a user
 with only the two images and their pixel sizes would: the TEM (inverted) and the sparse
 prediction searched over the whole raw confocal field (clemalign.search.global_search),
-then scored against the landmarks and the ground truth, which the search never saw."""
+then scored against the landmarks and the ground truth, which the search never saw. When
+registration.nonrigid refines the route the search ends with (raw TEM under its measure),
+the answer is refined by the B-spline step too and scored the same way."""
 
 import time
 
 import numpy as np
 
 from clemalign.confidence import ConfidenceLimits
-from clemalign.evaluation import truth_error_um
+from clemalign.evaluation import score, truth_error_um
 from clemalign.io import landmark_points, read_image, read_json, write_json
 from clemalign.metrics import landmark_errors_um, mae_std
 from clemalign.preprocess import load_case_inputs, select_channel, to_unit_float
+from clemalign.routes import NonrigidOptions, refine_nonrigid_in_field
 from clemalign.runner import job
 from clemalign.search import SearchRange, global_search, global_status
 from clemalign.transforms import DeformationField
@@ -50,6 +53,30 @@ with job(smk) as log:
         if "deformation" in record:
             truth = DeformationField.from_dict(record["deformation"])
     gt = truth_error_um(found.matrix, truth, tem.shape, ppu) if truth is not None else None
+    nonrigid = None
+    options = NonrigidOptions.maybe(smk.params.nonrigid)
+    if options is not None and f"raw/{measure}" in options.routes and measure == "mi":
+        nonrigid, field = refine_nonrigid_in_field(
+            tem,
+            confocal,
+            found.matrix,
+            status,
+            moving_px_per_um=ppu,
+            fixed_px_per_um=raw.lm_px_per_um,
+            crop_margin_um=smk.params.crop_margin_um,
+            options=options,
+            measure=measure,
+            optimiser=dict(smk.params.optimiser),
+        )
+        if field is not None:  # scored in the raw frames (em_* TEM um, lm_* confocal um)
+            scored = score(field, raw.landmarks, truth, tem.shape, ppu)
+            nonrigid |= {k: v if np.isfinite(v) else None for k, v in scored.items()}
+            log.info(
+                "B-spline: %s, landmark MAE %.3f um, ground truth %s um",
+                nonrigid["status"],
+                scored["mae_um"],
+                "n/a" if truth is None else f"{scored['gt_mean_um']:.3f}",
+            )
     best = found.candidates[0]
     log.info(
         "%s: landmark MAE %.3f um, ground truth %s um, gap %.3f, %.1f s",
@@ -77,5 +104,6 @@ with job(smk) as log:
             "std_um": std,
             "gt_mean_um": gt,
             "seconds": seconds,
+            "nonrigid": nonrigid,  # null: the route is not refined (registration.nonrigid)
         },
     )

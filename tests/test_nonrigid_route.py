@@ -10,7 +10,12 @@ from scipy import ndimage
 
 from clemalign.evaluation import score, truth_error_um
 from clemalign.register import pixel_centres_um
-from clemalign.routes import NonrigidOptions, nonrigid_answer, refine_nonrigid
+from clemalign.routes import (
+    NonrigidOptions,
+    nonrigid_answer,
+    refine_nonrigid,
+    refine_nonrigid_in_field,
+)
 from clemalign.tables import nonrigid_table, table2
 from clemalign.transforms import DeformationField, affine_matrix, apply, xy_um_to_rc_px
 
@@ -68,6 +73,26 @@ def test_refinement_recovers_a_known_field_and_keeps_the_affine_status(pair):
     assert before > 0.5 and after < 0.3 * before
     # the failed affine gets a failed refinement with the affine's reason
     assert results["ssd"]["nonrigid"]["status"] == "failed: the optimiser diverged"
+
+
+def test_refinement_in_a_whole_field_frame_recovers_the_field_there(pair):
+    """The global search's case: the affine is given in the whole fixed image's um, the
+    refinement runs on a crop around it (3 um margin, corner away from the origin) and the
+    field comes back in the whole image's um."""
+    fixed, moving = pair
+    opts = NonrigidOptions.maybe(CONFIG)
+    kwargs = {"moving_px_per_um": PPU, "fixed_px_per_um": PPU, "crop_margin_um": 3.0}
+    record, field = refine_nonrigid_in_field(
+        -np.exp(moving), fixed, AFFINE, "ok", options=opts, **kwargs
+    )
+    truth = DeformationField.from_mapping(_truth, (40, 40), 0.5, 1.0)
+    before = truth_error_um(AFFINE, truth, (80, 80), PPU)
+    assert record["status"] == "ok" and "field" not in record
+    assert truth_error_um(field, truth, (80, 80), PPU) < 0.3 * before
+    failed, none = refine_nonrigid_in_field(
+        moving, fixed, AFFINE, "failed: x", options=opts, **kwargs
+    )
+    assert none is None and failed == {"status": "failed: x"}
 
 
 def test_a_field_moving_too_far_is_uncertain(pair):

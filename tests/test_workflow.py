@@ -174,6 +174,8 @@ def test_tiny_run_produces_every_output_deterministically(tiny_runs):
     # 2 cases x 2 protocols x (sparse: 3 measures, hertzmann and raw: 2); no sparse_denoised
     assert len(capture) == 28 and set(capture["protocol"]) == {"standard", "wide"}
     assert set(capture["source"]) == set(CAPTURED)
+    no_start = pd.read_csv(a / "tables/global_search.csv")  # raw/mi refined: B-spline too
+    assert {"bspline_gt_mean_um", "bspline_mae_um", "bspline_status"} <= set(no_start.columns)
     assert (capture.loc[capture["protocol"] == "wide", "trials"] == 1).all()
     assert (capture.loc[capture["protocol"] == "standard", "trials"] == 2).all()
     # Same config and seed, other folder, 1 core instead of 2: identical data, images

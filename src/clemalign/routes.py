@@ -36,6 +36,7 @@ from .register import (
     weights_from_uncertainty,
 )
 from .search import StartSearch, pick_refined, start_candidates
+from .transforms import DeformationField
 
 #: Moving-image sources, in the order of the tables.
 SOURCES = ("sparse", "sparse_denoised", "hertzmann", "raw")
@@ -635,6 +636,48 @@ def _refine_one(
     }
 
 
+def refine_nonrigid_in_field(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    matrix: np.ndarray,
+    status: str,
+    *,
+    moving_px_per_um: float,
+    fixed_px_per_um: float,
+    crop_margin_um: float,
+    options: NonrigidOptions,
+    measure: str = "mi",
+    optimiser: Mapping[str, object] | None = None,
+) -> tuple[dict, DeformationField | None]:
+    """The B-spline refinement of an affine answer given in a whole fixed image's frame (the
+    global search's), on the crop a landmark-started pair would have
+    (:func:`clemalign.search.crop_around`).
+
+    Returns
+    -------
+    record : dict
+        ``status`` (as :func:`refine_nonrigid`'s, from the affine's ``status``), and when
+        refined ``value`` and ``info``.
+    field : DeformationField or None
+        Moving um -> the whole fixed image's um; None when the refinement failed.
+    """
+    from .search import crop_around
+
+    crop, lo = crop_around(
+        fixed, fixed_px_per_um, matrix, moving.shape, moving_px_per_um, crop_margin_um
+    )
+    to_crop = np.eye(3)
+    to_crop[:2, 2] = -lo
+    affine = {"matrix": to_crop @ np.asarray(matrix, float), "status": status}
+    record = _refine_one(
+        affine, moving, crop, moving_px_per_um, options, measure, None, dict(optimiser or {})
+    )
+    if "field" not in record:
+        return record, None
+    field = DeformationField.from_dict(record.pop("field")).then(np.linalg.inv(to_crop))
+    return record, field
+
+
 def _nonrigid_status(affine_status: str, info: Mapping, options: NonrigidOptions) -> str:
     """The affine's status, downgraded by what the field itself shows."""
     ratio, rms = info["min_jacobian_ratio"], info["displacement_rms_um"]
@@ -657,8 +700,6 @@ def nonrigid_answer(record: Mapping, affine_status: str, registered_status: str 
     ``registered_status`` its status when it was refined; a refinement that added no
     reason of its own takes ``affine_status``, one with its own reason keeps that too.
     """
-    from .transforms import DeformationField
-
     status = record["status"]
     field = DeformationField.from_dict(record["field"]) if "field" in record else None
     if status in ("ok", registered_status) or affine_status.startswith("failed"):

@@ -497,6 +497,39 @@ def global_search(
     return SearchResult(best["matrix"], best["similarity"], gap, refined)
 
 
+def crop_around(
+    fixed: np.ndarray,
+    fixed_px_per_um: float,
+    placement: np.ndarray,
+    moving_shape: tuple[int, int],
+    moving_px_per_um: float,
+    margin_um: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed image cropped to the footprint of a moving image of ``moving_shape`` under
+    ``placement`` (moving um -> fixed um) plus ``margin_um``, and resampled to
+    ``moving_px_per_um`` (as :func:`clemalign.preprocess.prepare_analogy_pair` prepares a
+    landmark-started pair); and the crop's corner ``(x, y)`` in the fixed image's um.
+
+    Raises
+    ------
+    ValueError
+        When the footprint misses the fixed image.
+    """
+    from .preprocess import resample
+
+    h, w = moving_shape[0] / moving_px_per_um, moving_shape[1] / moving_px_per_um
+    corners = np.array([[0.0, w, 0.0, w], [0.0, 0.0, h, h], [1.0, 1.0, 1.0, 1.0]])
+    footprint = (np.asarray(placement, float) @ corners)[:2].T
+    field_um = np.array([fixed.shape[1], fixed.shape[0]]) / fixed_px_per_um
+    lo = np.maximum(footprint.min(0) - margin_um, 0.0)
+    hi = np.minimum(footprint.max(0) + margin_um, field_um)
+    size = np.round((hi - lo) * moving_px_per_um) / moving_px_per_um  # whole pixels
+    if np.any(size <= 0):
+        raise ValueError("the placement puts the moving image outside the fixed image")
+    origin = (float(lo[0]), float(lo[1]))
+    return resample(fixed, fixed_px_per_um, moving_px_per_um, origin, tuple(size)), lo
+
+
 def refine_placement(
     moving: np.ndarray,
     fixed: np.ndarray,
@@ -509,38 +542,23 @@ def refine_placement(
     options: dict | None = None,
 ) -> np.ndarray:
     """The affine registration of ``moving`` from ``placement`` (moving um -> fixed um),
-    against the fixed image cropped to the placement's footprint plus
-    ``crop_margin_um`` and resampled to ``moving_px_per_um`` (the landmark route's
-    preparation, :func:`clemalign.preprocess.prepare_analogy_pair`), or against the
-    whole fixed image when ``crop_margin_um`` is None. Returns the answer in the whole
-    fixed image's um."""
-    from .preprocess import resample
-
-    options = dict(options or {})
-    kwargs = {"moving_px_per_um": moving_px_per_um, "measure": measure} | options
+    against the fixed image cropped around it (:func:`crop_around` with
+    ``crop_margin_um``), or against the whole fixed image when ``crop_margin_um`` is
+    None. Returns the answer in the whole fixed image's um."""
+    kwargs = {"moving_px_per_um": moving_px_per_um, "measure": measure} | dict(options or {})
     if crop_margin_um is None:
         return register_affine(
             moving, fixed, placement, fixed_px_per_um=fixed_px_per_um, **kwargs
         ).matrix
-    h, w = moving.shape[0] / moving_px_per_um, moving.shape[1] / moving_px_per_um
-    corners = np.array([[0.0, w, 0.0, w], [0.0, 0.0, h, h], [1.0, 1.0, 1.0, 1.0]])
-    footprint = (np.asarray(placement, float) @ corners)[:2].T
-    field_um = np.array([fixed.shape[1], fixed.shape[0]]) / fixed_px_per_um
-    lo = np.maximum(footprint.min(0) - crop_margin_um, 0.0)
-    hi = np.minimum(footprint.max(0) + crop_margin_um, field_um)
-    size = np.round((hi - lo) * moving_px_per_um) / moving_px_per_um  # whole pixels
-    if np.any(size <= 0):
-        raise ValueError("the placement puts the moving image outside the fixed image")
-    origin = (float(lo[0]), float(lo[1]))
-    crop = resample(fixed, fixed_px_per_um, moving_px_per_um, origin, tuple(size))
+    crop, lo = crop_around(
+        fixed, fixed_px_per_um, placement, moving.shape, moving_px_per_um, crop_margin_um
+    )
     to_crop = np.eye(3)
     to_crop[:2, 2] = -lo
     got = register_affine(
         moving, crop, to_crop @ placement, fixed_px_per_um=moving_px_per_um, **kwargs
     )
-    back = np.eye(3)
-    back[:2, 2] = lo
-    return back @ got.matrix
+    return np.linalg.inv(to_crop) @ got.matrix
 
 
 def global_status(result: SearchResult, limits, min_gap: float) -> str:

@@ -182,6 +182,7 @@ rule global_search:
         search=config["registration"]["global_search"],
         crop_margin_um=config["preprocess"]["margin_um"],  # refined as a landmark-started pair
         optimiser=REGISTRATION["optimiser"],
+        nonrigid=REGISTRATION["nonrigid"],
         confidence=config["registration"]["confidence"],
     log:
         f"{R}/logs/global_search/{{case}}.log",
