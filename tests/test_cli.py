@@ -123,6 +123,8 @@ def test_defaults_are_the_workflow_config():
     assert cli.LEVELS == config["registration"]["levels"]
     assert cli.BINS == config["registration"]["bins"]
     assert cli.SEED == config["seed"]
+    assert cli.GLOBAL_MIN_GAP == config["registration"]["global_search"]["min_gap"]
+    assert cli.MARGIN_UM == config["preprocess"]["margin_um"]
     limits = config["registration"]["confidence"]
     assert ConfidenceLimits() == ConfidenceLimits.from_config(limits)
     search = SearchRange()
@@ -218,6 +220,28 @@ def test_register_without_start_runs_the_global_search(tmp_path, capsys):
     record = read_json(tmp_path / "out" / "transform.json")
     assert record["extra"]["start"]["how"] == "global search"
     assert grid_error_um(np.asarray(record["matrix"]), truth, (48, 48), ppu) < 0.05
+
+
+def test_a_field_found_twice_by_the_global_search_is_uncertain(tmp_path, capsys):
+    """The fixed image holds the same 15 um texture twice, side by side: with no start the
+    search cannot tell the two placements apart, and the answer says so instead of ok."""
+    ppu = 4.0
+    texture = ndimage.gaussian_filter(np.random.default_rng(5).normal(size=(120, 60)), 2.0)
+    fixed = np.hstack([texture, texture])  # 30 x 30 um
+    fixed = (fixed - fixed.min()) / (fixed.max() - fixed.min())
+    moving = fixed[30:78, 6:54]  # 12 um, inside one copy
+    write_tiff(tmp_path / "fixed.tif", as_uint16(fixed), ppu)
+    write_tiff(tmp_path / "moving.tif", as_uint16(moving), ppu)
+    args = ["register", tmp_path / "fixed.tif", tmp_path / "moving.tif", "--px-per-um", ppu]
+    code, _, _ = run([*args, "-o", tmp_path / "out"], capsys)
+    record = read_json(tmp_path / "out" / "transform.json")
+    assert record["extra"]["start"]["how"] == "global search"
+    assert record["extra"]["start"]["gap_to_runner_up"] < cli.GLOBAL_MIN_GAP
+    assert (
+        record["status"].startswith("uncertain: ")
+        and "correlates nearly as well" in (record["status"])
+    )
+    assert code != cli.EXIT_OK
 
 
 def test_unrelated_noise_is_not_ok_and_exits_1(pair, capsys):

@@ -67,6 +67,9 @@ FIDUCIAL_PREFERENCE = ("algorithm1", "robust", "gaussian_baseline")
 MIN_LANDMARKS = 3
 #: Confocal margin around the TEM footprint of a training pair, um (preprocess.margin_um).
 MARGIN_UM = 3.0
+#: A start found by the global search is doubted when another placement correlates
+#: within this of it (registration.global_search.min_gap).
+GLOBAL_MIN_GAP = 0.05
 CHANNELS = ("red", "green", "blue", "gray")
 #: The two images, as the messages name them.
 ROLES = {"fixed": "fixed (LM)", "moving": "moving (EM)"}
@@ -570,7 +573,8 @@ def searched_start(pair: WorkingPair, args: argparse.Namespace, progress: Progre
     RegistrationFailed
         When no placement of the moving image inside the fixed one can be refined.
     """
-    from .search import SearchRange, global_search
+    from .confidence import ConfidenceLimits
+    from .search import SearchRange, global_search, global_status
 
     search = SearchRange()
     what = (
@@ -597,6 +601,7 @@ def searched_start(pair: WorkingPair, args: argparse.Namespace, progress: Progre
         "similarity": found.similarity,
         "gap_to_runner_up": found.gap,
         "coarse": {k: best[k] for k in ("rotation_deg", "scale", "mirrored", "ncc")},
+        "status": global_status(found, ConfidenceLimits(), GLOBAL_MIN_GAP),
     }
     return Start(found.matrix, "global search", record)
 
@@ -638,9 +643,13 @@ def registered(
     }
     method = f"affine registration ({args.measure}) from {start.how}"
     matrix = np.asarray(entry["matrix"], float) if "matrix" in entry else None
-    if entry["status"].startswith("failed"):
-        return Answer(entry["status"], None, method, extra, rejected=matrix)
-    return Answer(entry["status"], matrix, method, extra)
+    status = entry["status"]
+    if status.startswith("failed"):
+        return Answer(status, None, method, extra, rejected=matrix)
+    doubt = start.record.get("status", "ok")  # the global search's own (gap, plausibility)
+    if doubt != "ok":
+        status = downgrade(status, doubt.split(": ", 1)[1])
+    return Answer(status, matrix, method, extra)
 
 
 def refine_nonrigid(
