@@ -35,7 +35,7 @@ from .register import (
     register_affine,
     weights_from_uncertainty,
 )
-from .search import StartSearch, pick_refined, start_candidates
+from .search import StartSearch, crop_around, pick_refined, start_candidates
 from .transforms import DeformationField
 
 #: Moving-image sources, in the order of the tables.
@@ -661,8 +661,6 @@ def refine_nonrigid_in_field(
     field : DeformationField or None
         Moving um -> the whole fixed image's um; None when the refinement failed.
     """
-    from .search import crop_around
-
     crop, lo = crop_around(
         fixed, fixed_px_per_um, matrix, moving.shape, moving_px_per_um, crop_margin_um
     )

@@ -24,6 +24,7 @@ from scipy import fft as sp_fft
 from scipy import ndimage
 
 from .confidence import similarity, transform_problems
+from .preprocess import resample
 from .register import grid_error_um, register_affine
 from .transforms import affine_matrix, warp_image
 
@@ -515,8 +516,6 @@ def crop_around(
     ValueError
         When the footprint misses the fixed image.
     """
-    from .preprocess import resample
-
     h, w = moving_shape[0] / moving_px_per_um, moving_shape[1] / moving_px_per_um
     corners = np.array([[0.0, w, 0.0, w], [0.0, 0.0, h, h], [1.0, 1.0, 1.0, 1.0]])
     footprint = (np.asarray(placement, float) @ corners)[:2].T
