@@ -62,7 +62,7 @@ def main() -> None:
     opts = dict(reg["global_search"])
     min_gap, measure = opts.pop("min_gap"), opts.pop("measure")
     search = SearchRange.from_config(opts | {"crop_margin_um": config["preprocess"]["margin_um"]})
-    optimiser = {"levels": reg["levels"], "bins": reg["bins"]}
+    optimiser = {k: reg[k] for k in ("levels", "bins", "ssd_contrast_um")}
     nonrigid = NonrigidOptions.maybe(reg.get("nonrigid"))
     dictionaries = sorted((ROOT / "results" / "analogy" / "dictionaries").glob("*.npz"))
     dictionary = JointDictionary.load(args.dictionary or dictionaries[0])

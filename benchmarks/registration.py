@@ -10,12 +10,13 @@ to the confocal crop (``lm.tif``):
 * source ``raw``: the TEM itself, inverted (``1 - em``) for SSD, raw for MI (the
   workflow's ``raw`` source; both made by :func:`clemalign.routes.moving_image`);
 
-under SSD (ours: standardised intensities; SimpleITK MeanSquares and elastix
-AdvancedMeanSquares on the same standardised images) and MI (ours: Parzen joint
-histogram, all pixels; SimpleITK: Mattes MI, 32 bins, 100 % sampling; elastix:
-AdvancedMattesMutualInformation, 32 bins, every fixed pixel). Ours also runs eq. 12
-(``wssd``, weights ``1 - sparse_uncertainty``) on the sparse source, which neither peer
-has. These are the workflow's routes sparse/ssd, sparse/mi, sparse/wssd, raw/ssd, raw/mi.
+under SSD (ours: locally normalised images, ``registration.ssd_contrast_um``, then
+standardised; SimpleITK MeanSquares and elastix AdvancedMeanSquares on the same images)
+and MI (ours: Parzen joint histogram, all pixels; SimpleITK: Mattes MI, 32 bins, 100 %
+sampling; elastix: AdvancedMattesMutualInformation, 32 bins, every fixed pixel). Ours
+also runs eq. 12 (``wssd``, weights ``1 - sparse_uncertainty``) on the sparse source,
+which neither peer has. These are the workflow's routes sparse/ssd, sparse/mi,
+sparse/wssd, raw/ssd, raw/mi.
 
 Methods (columns):
 
@@ -126,6 +127,7 @@ from clemalign.evaluation import frame_ground_truth, truth_error_um
 from clemalign.io import read_image, read_json
 from clemalign.register import (
     grid_error_um,
+    local_contrast,
     perturb_affine,
     pixel_centres_um,
     register_affine,
@@ -147,6 +149,16 @@ ITERATIONS = 200  # per level, all three methods
 ROUTES = {"sparse": ("ssd", "mi", "wssd"), "raw": ("ssd", "mi")}
 METHODS = ("ours", "ours+search", "sitk", "elastix")
 FAR_UM = 1.0  # trials ending farther than this from the ground truth are counted
+
+
+def peer_ssd_images(moving, fixed, start, ppu_m, ppu_f, options):
+    """The images the peers' SSD compares: those ours compares (locally normalised with
+    ``registration.ssd_contrast_um``), then standardised as before."""
+    contrast = options.get("ssd_contrast_um")
+    if contrast is not None:
+        moving = local_contrast(moving, ppu_m, contrast)
+        fixed = local_contrast(fixed, ppu_f, contrast)
+    return standardise(moving, fixed, start, ppu_m)
 
 
 def standardise(moving: np.ndarray, fixed: np.ndarray, start: np.ndarray, ppu: float):
@@ -398,7 +410,7 @@ def workflow_settings(path: Path = CONFIG) -> dict:
     return {
         "seed": int(config["seed"]),
         # the register rule's optimiser options (workflow: REGISTRATION["optimiser"])
-        "options": {"levels": registration["levels"], "bins": registration["bins"]},
+        "options": {k: registration[k] for k in ("levels", "bins", "ssd_contrast_um")},
         "search": StartSearch.maybe(registration.get("start_search")),
         "protocols": list(capture["protocols"]),
         "trials": int(capture["trials"]),
@@ -543,8 +555,12 @@ def run_case(case, settings, repeats, trials, rows, capture, searches) -> None:
                     search=search,
                 ),
             }
-            if measure != "wssd":  # the peers: SSD on standardised images, MI on the raw ones
-                sm, sf = standardise(moving, lm, start, ppu_m) if measure == "ssd" else (moving, lm)
+            if measure != "wssd":  # the peers: SSD on the images ours compares, MI on the raw ones
+                sm, sf = (
+                    peer_ssd_images(moving, lm, start, ppu_m, ppu_f, options)
+                    if (measure == "ssd")
+                    else (moving, lm)
+                )
                 peer = {"ppu_m": ppu_m, "ppu_f": ppu_f, "metric": measure}
                 run["sitk"] = partial(sitk_or_none, sm, sf, **peer)
                 if itk is not None:

@@ -104,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     reg = config["registration"]
-    options = {"levels": reg["levels"], "bins": reg["bins"]}
+    options = {k: reg[k] for k in ("levels", "bins", "ssd_contrast_um")}
     fields = {k: float(v) if "." in v else int(v) for k, v in (a.split("=") for a in args.set)}
     search = StartSearch(candidates=args.candidates, **fields)
     protocols = [p for p in reg["capture_range"]["protocols"] if p["name"] in args.protocols]

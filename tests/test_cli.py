@@ -122,6 +122,7 @@ def test_defaults_are_the_workflow_config():
     assert cli.WORKING_PX_PER_UM == config["preprocess"]["px_per_um"]
     assert cli.LEVELS == config["registration"]["levels"]
     assert cli.BINS == config["registration"]["bins"]
+    assert cli.SSD_CONTRAST_UM == config["registration"]["ssd_contrast_um"]
     assert cli.SEED == config["seed"]
     assert cli.GLOBAL_MIN_GAP == config["registration"]["global_search"]["min_gap"]
     assert cli.MARGIN_UM == config["preprocess"]["margin_um"]

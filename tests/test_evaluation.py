@@ -123,7 +123,8 @@ def test_register_measures_records_failures_and_capture_comes_back():
     start = translation_matrix(4.0, 3.0)
     em = np.array([[5.0, 5.0], [25.0, 6.0], [8.0, 27.0], [20.0, 20.0]])
     lmk = _landmarks(em, (truth[:2, :2] @ em.T).T + truth[:2, 2])
-    got = register_measures(lambda m: moving, fixed, start, ["ssd", "bogus"], ppu)
+    plain = {"ssd_contrast_um": None}  # the texture (1.5 um) is coarser than 1 um local contrast
+    got = register_measures(lambda m: moving, fixed, start, ["ssd", "bogus"], ppu, None, plain)
     assert got["bogus"]["status"].startswith("failed:")
     assert got["ssd"]["status"] == "ok"
     answer = np.asarray(got["ssd"]["matrix"])
@@ -142,6 +143,7 @@ def test_register_measures_records_failures_and_capture_comes_back():
         0.2,
         lmk,
         truth,
+        options=plain,
     )
     assert len(trials) == 3 and trials["success"].all()
     assert (trials["start_um"] > 0).all() and (trials["reference"] == "ground truth").all()

@@ -59,6 +59,7 @@ EXIT_OK, EXIT_NOT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 #: Defaults of config.yaml that the command line uses (tests/test_cli.py checks them).
 WORKING_PX_PER_UM = 14.52  # preprocess.px_per_um (paper sec. 5.3)
 LEVELS, BINS = 3, 32  # registration.levels, registration.bins
+SSD_CONTRAST_UM = 1.0  # registration.ssd_contrast_um: SSD on locally normalised images
 SEED = 2012  # seed: the chance surrogates of the status checks are drawn from it
 #: Fiducial methods in the order the one written as ``transform.json`` is picked: the
 #: paper's Algorithm 1, the robust mode, the baseline of reference [5].
@@ -629,7 +630,7 @@ def registered(
             [args.measure],
             pair.px_per_um,
             None,
-            {"levels": args.levels, "bins": args.bins},
+            {"levels": args.levels, "bins": args.bins, "ssd_contrast_um": SSD_CONTRAST_UM},
             confidence=limits,
             rng=rng_for(args.seed, "confidence/cli", name),
             search=StartSearch() if args.search_start and start.how != "global search" else None,
@@ -670,6 +671,7 @@ def refine_nonrigid(
                 measure=args.measure,
                 levels=args.levels,
                 bins=args.bins,
+                ssd_contrast_um=SSD_CONTRAST_UM,
             )
         except (ValueError, np.linalg.LinAlgError) as error:
             answer.status = downgrade(answer.status, f"the non-rigid refinement failed: {error}")

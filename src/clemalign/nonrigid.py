@@ -110,6 +110,7 @@ from .register import (
     _spline_coefficients,
     _StepStop,
     _used_pixels,
+    local_contrast,
     pixel_centres_um,
 )
 from .transforms import DeformationField, apply, xy_um_to_rc_px
@@ -918,6 +919,7 @@ def register_bspline(
     normalize: bool = True,
     min_overlap: float = 0.5,
     initial_displacement=None,
+    ssd_contrast_um: float | None = 1.0,
 ) -> NonrigidResult:
     """Refine an affine registration by a cubic B-spline free-form deformation.
 
@@ -971,6 +973,9 @@ def register_bspline(
         Start from this displacement instead of zero: moving points (N, 2) um ->
         fixed-frame displacements (N, 2) um added to ``affine`` (e.g. a previous
         result's :meth:`NonrigidResult.displacement`); fitted to the coarsest grid.
+    ssd_contrast_um : float, optional
+        SSD and WSSD only: compare locally normalised images, as
+        :func:`clemalign.register.register_affine` does.
 
     Returns
     -------
@@ -998,6 +1003,12 @@ def register_bspline(
         raise ValueError(f"images must be 2D, got {moving.shape} and {fixed.shape}")
     if not np.all(np.isfinite(fixed)):
         raise ValueError("fixed image has non-finite pixels")
+    if ssd_contrast_um is not None and measure in ("ssd", "wssd"):
+        if moving_mask is not None and np.shape(moving_mask) == np.shape(moving):
+            moving = np.where(moving_mask, moving, np.nan)
+        w = weights if measure == "wssd" and np.shape(weights) == np.shape(moving) else None
+        moving = local_contrast(moving, moving_px_per_um, ssd_contrast_um, w)
+        fixed = local_contrast(fixed, fixed_px_per_um, ssd_contrast_um)
     w_img, used = _used_pixels(moving, weights, moving_mask)
     field_um = (moving.shape[1] / moving_px_per_um, moving.shape[0] / moving_px_per_um)
     if not 0 <= finest_level < levels:

@@ -43,6 +43,11 @@ Design (paper sec. 4.7; issue 6)
   fixed image by those of its samples under the level's starting transform. The sparse
   prediction has a smaller gain than the confocal (lasso shrinkage), and plain SSD would
   then be dominated by the intensity mismatch rather than the geometry.
+  With ``ssd_contrast_um`` (config ``registration.ssd_contrast_um``) SSD and WSSD compare
+  locally normalised images instead (:func:`local_contrast`: each image minus its local
+  mean over a Gaussian of that sigma, divided by its local standard deviation, each in
+  its own frame): the prediction's shrinkage varies across the field and the confocal
+  carries haze and a slow background, which a single gain and offset cannot match.
 * **Pyramid.** ``levels`` levels, coarse to fine; each coarser level smooths both images
   with a Gaussian (σ = 0.5 px) and averages 2x2 blocks, so pixel centres stay at
   ``(c + 0.5) / p`` with ``p`` halved. The matrix is carried in um between levels and
@@ -955,6 +960,7 @@ def register_affine(
     normalize: bool = True,
     min_overlap: float = 0.5,
     finest_level: int = 0,
+    ssd_contrast_um: float | None = 1.0,
 ) -> RegistrationResult:
     """Affine registration of ``moving`` onto ``fixed``, coarse to fine.
 
@@ -998,6 +1004,11 @@ def register_affine(
     finest_level : int
         The finest level optimised (0: full sampling; ``levels - 1``: the coarsest only,
         a cheap first look, e.g. at the search's candidates).
+    ssd_contrast_um : float, optional
+        SSD and WSSD only: compare the images locally normalised over a Gaussian of this
+        sigma, um (:func:`local_contrast`; module notes; config
+        ``registration.ssd_contrast_um``). None: globally standardised intensities (the
+        paper's SSD).
 
     Returns
     -------
@@ -1009,6 +1020,12 @@ def register_affine(
         See :func:`make_cost`; also a start that is not a 3x3 affine, or ``levels < 1``.
     """
     t_all = time.perf_counter()
+    if ssd_contrast_um is not None and measure in ("ssd", "wssd"):
+        if moving_mask is not None and np.shape(moving_mask) == np.shape(moving):
+            moving = np.where(moving_mask, moving, np.nan)  # no part in the local statistics
+        w = weights if measure == "wssd" and np.shape(weights) == np.shape(moving) else None
+        moving = local_contrast(moving, moving_px_per_um, ssd_contrast_um, w)
+        fixed = local_contrast(fixed, fixed_px_per_um, ssd_contrast_um)
     moving, fixed, start = _checked_inputs(moving, fixed, start, measure, weights, levels)
     w_img, used = _used_pixels(moving, weights, moving_mask)
     center, scale = _parameterisation(moving.shape, moving_px_per_um, used)  # for all levels
@@ -1034,6 +1051,34 @@ def register_affine(
         px_per_um = moving_px_per_um / level.factor
         records.append(_level_record(level, px_per_um, cost, value, res, stopped, step_tol, t0))
     return _assemble_result(matrix, measure, records, t_all, bins, normalize, center, scale)
+
+
+def local_contrast(
+    image: np.ndarray, px_per_um: float, sigma_um: float, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """``(image - local mean) / local standard deviation`` over a Gaussian of
+    ``sigma_um``; NaN pixels, and everything beyond the image's edges, are left out of the
+    local statistics (normalised convolution), and NaN pixels stay NaN. ``weights`` (same
+    shape, >= 0) weight each pixel in those statistics (eq. 12's: an uncertain part of a
+    prediction does not set its neighbours' normalisation). (Leaving out,
+    instead, the moving pixels within 1.3 sigma of an edge, whose statistics differ from
+    those of the same place in the larger fixed image, lost a third of the TEM field and
+    raised the sparse route's median error on 12 held-out phantom cases from 0.25 to
+    0.29 um.)"""
+    image = np.asarray(image, float)
+    ok = np.isfinite(image)
+    sigma = sigma_um * px_per_um
+    w = ok.astype(float) if weights is None else np.where(ok, np.asarray(weights, float), 0.0)
+
+    def smooth(a: np.ndarray) -> np.ndarray:
+        return ndimage.gaussian_filter(a, sigma, mode="constant")
+
+    weight = np.maximum(smooth(w), 1e-12)
+    filled = np.where(ok, image, 0.0)
+    mean = smooth(w * filled) / weight
+    var = smooth(w * (filled - mean) ** 2) / weight
+    out = (filled - mean) / np.sqrt(var + 1e-12 + 1e-6 * np.nanvar(image))
+    return np.where(ok, out, np.nan)
 
 
 # ------------------------------------------------------------------ evaluation helpers

@@ -619,6 +619,7 @@ def _refine_one(
             bending_weight=options.bending_weight[measure],
             bins=int(optimiser.get("bins", 32)),
             weights=weights if measure == "wssd" else None,
+            ssd_contrast_um=optimiser.get("ssd_contrast_um"),
         )
     except (ValueError, np.linalg.LinAlgError, FloatingPointError) as err:
         return {"status": f"failed: the non-rigid refinement failed: {err}"}

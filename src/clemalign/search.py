@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import fft as sp_fft
-from scipy import ndimage
 
 from .confidence import similarity, transform_problems
 from .preprocess import resample
-from .register import grid_error_um, register_affine
+from .register import grid_error_um, local_contrast, register_affine
 from .transforms import affine_matrix, warp_image
 
 
@@ -212,20 +211,6 @@ def masked_ncc(
     ncc = np.zeros_like(cov)
     ncc[ok] = cov[ok] / np.sqrt(var[ok])
     return ncc, n
-
-
-def local_contrast(image: np.ndarray, px_per_um: float, sigma_um: float) -> np.ndarray:
-    """``(image - local mean) / local standard deviation`` over a Gaussian of
-    ``sigma_um``; NaN pixels are left out of the local statistics and stay NaN."""
-    image = np.asarray(image, float)
-    ok = np.isfinite(image)
-    sigma = sigma_um * px_per_um
-    weight = np.maximum(ndimage.gaussian_filter(ok.astype(float), sigma), 1e-12)
-    filled = np.where(ok, image, 0.0)
-    mean = ndimage.gaussian_filter(filled, sigma) / weight
-    var = ndimage.gaussian_filter(np.where(ok, (filled - mean) ** 2, 0.0), sigma) / weight
-    out = (filled - mean) / np.sqrt(var + 1e-12 + 1e-6 * np.nanvar(image))
-    return np.where(ok, out, np.nan)
 
 
 def _coarse(image: np.ndarray, px_per_um: float, coarse_px_per_um: float) -> np.ndarray:

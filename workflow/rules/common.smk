@@ -310,7 +310,7 @@ PREDICTION = ("patch_size", "lambda", "gamma", "em_intensity", "eq7_tol", "eq7_m
 REGISTRATION = settings("registration", ("measures", "weighted_ssd", "confidence"))
 REGISTRATION["start_search"] = config["registration"].get("start_search")  # null: none
 REGISTRATION["nonrigid"] = config["registration"].get("nonrigid")  # null: affine only
-REGISTRATION["optimiser"] = settings("registration", ("levels", "bins"))  # register_affine's
+REGISTRATION["optimiser"] = settings("registration", ("levels", "bins", "ssd_contrast_um"))
 
 
 def all_targets(wildcards=None):
