@@ -21,7 +21,7 @@ over ``--trials`` seeded trials per control, how often each route returns each s
     :func:`clemalign.preprocess.prepare_analogy_pair` with the config's ``preprocess``
     settings; the TEM of A (``raw`` source: inverted for SSD, as it is for MI) registered
     against B's confocal crop from B's landmark start, with the config's optimiser
-    settings (levels, bins). The positive reference "matching tissue (reference)"
+    settings (levels, bins, ssd_contrast_um). The positive reference "matching tissue (reference)"
     registers A's TEM against A's own crop from A's start: its ``ok`` count shows the
     checks do not simply refuse everything. ``--search`` searches about the start first
     (config ``registration.start_search``), as the workflow does; its routes are then
@@ -139,7 +139,7 @@ def load_setup(path: Path, search: bool) -> Setup:
     return Setup(
         seed=int(config["seed"]),
         limits=ConfidenceLimits.from_config(reg["confidence"]),
-        options={key: reg[key] for key in ("levels", "bins")},
+        options={key: reg[key] for key in ("levels", "bins", "ssd_contrast_um")},
         preprocess=dict(config["preprocess"]),
         fiducials=dict(config["fiducials"]),
         search=StartSearch.maybe(reg.get("start_search")) if search else None,

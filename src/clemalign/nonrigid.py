@@ -110,7 +110,7 @@ from .register import (
     _spline_coefficients,
     _StepStop,
     _used_pixels,
-    local_contrast,
+    contrast_images,
     pixel_centres_um,
 )
 from .transforms import DeformationField, apply, xy_um_to_rc_px
@@ -1003,12 +1003,16 @@ def register_bspline(
         raise ValueError(f"images must be 2D, got {moving.shape} and {fixed.shape}")
     if not np.all(np.isfinite(fixed)):
         raise ValueError("fixed image has non-finite pixels")
-    if ssd_contrast_um is not None and measure in ("ssd", "wssd"):
-        if moving_mask is not None and np.shape(moving_mask) == np.shape(moving):
-            moving = np.where(moving_mask, moving, np.nan)
-        w = weights if measure == "wssd" and np.shape(weights) == np.shape(moving) else None
-        moving = local_contrast(moving, moving_px_per_um, ssd_contrast_um, w)
-        fixed = local_contrast(fixed, fixed_px_per_um, ssd_contrast_um)
+    moving, fixed = contrast_images(
+        moving,
+        fixed,
+        measure,
+        moving_px_per_um,
+        fixed_px_per_um,
+        ssd_contrast_um,
+        weights,
+        moving_mask,
+    )
     w_img, used = _used_pixels(moving, weights, moving_mask)
     field_um = (moving.shape[1] / moving_px_per_um, moving.shape[0] / moving_px_per_um)
     if not 0 <= finest_level < levels:

@@ -280,6 +280,21 @@ class PreparedPair:
         return record
 
 
+def crop_box_um(
+    footprint_xy_um: np.ndarray,
+    margin_um: float,
+    field_um: tuple[float, float],
+    px_per_um: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The crop around a footprint: its (x, y) corners ``lo`` and ``hi`` (um), the
+    footprint's bounding box plus ``margin_um`` clipped to the image's ``field_um``
+    (width, height), and the crop's ``size`` (um) snapped to a whole number of pixels at
+    ``px_per_um``."""
+    lo = np.maximum(np.min(footprint_xy_um, axis=0) - margin_um, 0.0)
+    hi = np.minimum(np.max(footprint_xy_um, axis=0) + margin_um, np.asarray(field_um, float))
+    return lo, hi, np.round((hi - lo) * px_per_um) / px_per_um
+
+
 def prepare_analogy_pair(
     em: np.ndarray,
     em_px_per_um: float,
@@ -330,16 +345,13 @@ def prepare_analogy_pair(
     lm_w, lm_h = lm2d.shape[1] / lm_px_per_um, lm2d.shape[0] / lm_px_per_um
 
     footprint = apply(similarity, np.array([[0, 0], [em_w, 0], [0, em_h], [em_w, em_h]]))
-    lo = np.maximum(footprint.min(0) - margin_um, 0.0)
-    hi = np.minimum(footprint.max(0) + margin_um, [lm_w, lm_h])
+    lo, hi, size = crop_box_um(footprint, margin_um, (lm_w, lm_h), px_per_um)
     if np.any(hi - lo <= 1.0 / px_per_um):
         raise ValueError(
             f"the TEM field mapped by the landmark similarity ({footprint.min(0).round(2)} to "
             f"{footprint.max(0).round(2)} um) does not overlap the confocal image "
             f"(0..{lm_w:.2f} x 0..{lm_h:.2f} um); check the landmark file"
         )
-    # Snap the crop to the output grid so that its extent is a whole number of pixels.
-    size = np.round((hi - lo) * px_per_um) / px_per_um
     origin = (float(lo[0]), float(lo[1]))
 
     em_out = resample(em2d, em_px_per_um, px_per_um)

@@ -1020,12 +1020,16 @@ def register_affine(
         See :func:`make_cost`; also a start that is not a 3x3 affine, or ``levels < 1``.
     """
     t_all = time.perf_counter()
-    if ssd_contrast_um is not None and measure in ("ssd", "wssd"):
-        if moving_mask is not None and np.shape(moving_mask) == np.shape(moving):
-            moving = np.where(moving_mask, moving, np.nan)  # no part in the local statistics
-        w = weights if measure == "wssd" and np.shape(weights) == np.shape(moving) else None
-        moving = local_contrast(moving, moving_px_per_um, ssd_contrast_um, w)
-        fixed = local_contrast(fixed, fixed_px_per_um, ssd_contrast_um)
+    moving, fixed = contrast_images(
+        moving,
+        fixed,
+        measure,
+        moving_px_per_um,
+        fixed_px_per_um,
+        ssd_contrast_um,
+        weights,
+        moving_mask,
+    )
     moving, fixed, start = _checked_inputs(moving, fixed, start, measure, weights, levels)
     w_img, used = _used_pixels(moving, weights, moving_mask)
     center, scale = _parameterisation(moving.shape, moving_px_per_um, used)  # for all levels
@@ -1079,6 +1083,32 @@ def local_contrast(
     var = smooth(w * (filled - mean) ** 2) / weight
     out = (filled - mean) / np.sqrt(var + 1e-12 + 1e-6 * np.nanvar(image))
     return np.where(ok, out, np.nan)
+
+
+def contrast_images(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    measure: str,
+    moving_px_per_um: float,
+    fixed_px_per_um: float,
+    ssd_contrast_um: float | None,
+    weights: np.ndarray | None = None,
+    moving_mask: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The images an SSD or WSSD registration compares with ``ssd_contrast_um``: both
+    locally normalised (:func:`local_contrast`), masked moving pixels left out of the
+    local statistics and, for WSSD, the others weighted by ``weights``. Unchanged for MI
+    or when ``ssd_contrast_um`` is None (and when a mask or weights do not match the
+    moving image's shape, which the registration then reports)."""
+    if ssd_contrast_um is None or measure not in ("ssd", "wssd"):
+        return moving, fixed
+    if moving_mask is not None and np.shape(moving_mask) == np.shape(moving):
+        moving = np.where(moving_mask, moving, np.nan)
+    w = weights if measure == "wssd" and np.shape(weights) == np.shape(moving) else None
+    return (
+        local_contrast(moving, moving_px_per_um, ssd_contrast_um, w),
+        local_contrast(fixed, fixed_px_per_um, ssd_contrast_um),
+    )
 
 
 # ------------------------------------------------------------------ evaluation helpers

@@ -36,7 +36,7 @@ from .register import (
     weights_from_uncertainty,
 )
 from .search import StartSearch, crop_around, pick_refined, start_candidates
-from .transforms import DeformationField
+from .transforms import DeformationField, translation_matrix
 
 #: Moving-image sources, in the order of the tables.
 SOURCES = ("sparse", "sparse_denoised", "hertzmann", "raw")
@@ -665,15 +665,14 @@ def refine_nonrigid_in_field(
     crop, lo = crop_around(
         fixed, fixed_px_per_um, matrix, moving.shape, moving_px_per_um, crop_margin_um
     )
-    to_crop = np.eye(3)
-    to_crop[:2, 2] = -lo
+    to_crop = translation_matrix(-lo[0], -lo[1])
     affine = {"matrix": to_crop @ np.asarray(matrix, float), "status": status}
     record = _refine_one(
         affine, moving, crop, moving_px_per_um, options, measure, None, dict(optimiser or {})
     )
     if "field" not in record:
         return record, None
-    field = DeformationField.from_dict(record.pop("field")).then(np.linalg.inv(to_crop))
+    field = DeformationField.from_dict(record.pop("field")).then(translation_matrix(lo[0], lo[1]))
     return record, field
 
 

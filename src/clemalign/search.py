@@ -23,9 +23,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy import fft as sp_fft
 
 from .confidence import similarity, transform_problems
-from .preprocess import resample
+from .preprocess import crop_box_um, resample
 from .register import grid_error_um, local_contrast, register_affine
-from .transforms import affine_matrix, warp_image
+from .transforms import affine_matrix, translation_matrix, warp_image
 
 
 @dataclass(frozen=True)
@@ -504,10 +504,8 @@ def crop_around(
     h, w = moving_shape[0] / moving_px_per_um, moving_shape[1] / moving_px_per_um
     corners = np.array([[0.0, w, 0.0, w], [0.0, 0.0, h, h], [1.0, 1.0, 1.0, 1.0]])
     footprint = (np.asarray(placement, float) @ corners)[:2].T
-    field_um = np.array([fixed.shape[1], fixed.shape[0]]) / fixed_px_per_um
-    lo = np.maximum(footprint.min(0) - margin_um, 0.0)
-    hi = np.minimum(footprint.max(0) + margin_um, field_um)
-    size = np.round((hi - lo) * moving_px_per_um) / moving_px_per_um  # whole pixels
+    field_um = (fixed.shape[1] / fixed_px_per_um, fixed.shape[0] / fixed_px_per_um)
+    lo, _, size = crop_box_um(footprint, margin_um, field_um, moving_px_per_um)
     if np.any(size <= 0):
         raise ValueError("the placement puts the moving image outside the fixed image")
     origin = (float(lo[0]), float(lo[1]))
@@ -537,12 +535,14 @@ def refine_placement(
     crop, lo = crop_around(
         fixed, fixed_px_per_um, placement, moving.shape, moving_px_per_um, crop_margin_um
     )
-    to_crop = np.eye(3)
-    to_crop[:2, 2] = -lo
     got = register_affine(
-        moving, crop, to_crop @ placement, fixed_px_per_um=moving_px_per_um, **kwargs
+        moving,
+        crop,
+        translation_matrix(-lo[0], -lo[1]) @ placement,
+        fixed_px_per_um=moving_px_per_um,
+        **kwargs,
     )
-    return np.linalg.inv(to_crop) @ got.matrix
+    return translation_matrix(lo[0], lo[1]) @ got.matrix
 
 
 def global_status(result: SearchResult, limits, min_gap: float) -> str:
