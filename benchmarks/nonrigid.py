@@ -93,9 +93,10 @@ Times per case: ours 0.4 s, elastix 0.8 s (random), 3 s (random with the penalty
 optimum at the truth on these images (section 3); without our stronger regulariser it
 fits spurious displacement.
 
-    python benchmarks/nonrigid.py [--quick] [--elastix | --no-elastix]
+    python benchmarks/nonrigid.py [--quick] [--elastix | --no-elastix | --exact]
 
-``--quick`` skips the sweep; ``--elastix`` runs section 1b only, ``--no-elastix`` skips it.
+``--quick`` skips the sweep; ``--elastix`` runs section 1b only, ``--no-elastix`` skips it,
+``--exact`` runs section 4 only.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 from scipy import ndimage
 
 from clemalign.evaluation import frame_ground_truth, truth_error_um
@@ -117,6 +119,7 @@ from clemalign.nonrigid import (
     make_bspline_cost,
     register_bspline,
 )
+from clemalign.phantom import make_analogy_case
 from clemalign.register import pixel_centres_um
 from clemalign.transforms import apply
 
@@ -135,6 +138,8 @@ ELASTIX_VARIANTS = (
     ("random, bending 100", "random", DEFAULT_BENDING_WEIGHT["mi"]),
 )
 INVERSE_TOL_UM = 1e-6  # the fixed-point iteration's stop (um)
+EXACT_MIX = (0.0, 0.5, 0.75, 1.0)  # share of the exact analogy in section 4's moving image
+EXACT_WEIGHTS = (DEFAULT_BENDING_WEIGHT["ssd"], 100.0, 10.0)  # section 4's bending weights
 
 
 def load_case(case: str) -> dict:
@@ -331,6 +336,74 @@ def truth_table(cases: list[dict]) -> None:
                 + " | ".join(f"{e:.3f}" for e in errors)
                 + " |"
             )
+    print()
+
+
+def _standardised(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return (image - image[mask].mean()) / image[mask].std()
+
+
+def exact_prediction(case: str, ppu: float) -> np.ndarray:
+    """The phantom's exact analogy of ``case``: the confocal's green on the TEM grid."""
+    config = yaml.safe_load((ROOT.parent / "config.yaml").read_text())
+    index = int(case[3:]) - 1
+    synthetic = make_analogy_case(
+        config["seed"],
+        index,
+        dict(config["synthetic"]["analogy"]),
+        case,
+        exact_prediction_px_per_um=ppu,
+    )
+    return synthetic.exact_prediction
+
+
+def exact_analogy_table(cases: list[dict]) -> None:
+    """Section 4: how good must the prediction be for the B-spline step to pay?"""
+    print("## 4. What an exact analogy would allow (SSD on local contrast, from raw/mi's affine)\n")
+    print(
+        "moving = (1 - a) x the sparse prediction + a x the phantom's exact analogy (both "
+        "standardised; `r`: its correlation with the exact analogy); `a` = 0 is today's "
+        "prediction, 1 a perfect one. Error against the truth (um) after the B-spline step, "
+        "in % against the best affine of the two routes (as section 1).\n"
+    )
+    changes: dict[tuple[float, float], list[float]] = {}
+    print("| case | best affine | a | r | " + " | ".join(f"w {w:g}" for w in EXACT_WEIGHTS) + " |")
+    print("|---|---|---|---|" + "---|" * len(EXACT_WEIGHTS))
+    for data in cases:
+        exact = exact_prediction(data["case"], data["ppu"])
+        sparse = data["moving"]["sparse"]
+        mask = np.isfinite(sparse)
+        best = min(
+            truth_error_um(data["starts"][s], data["truth"], data["shape"], data["ppu"])
+            for s, _ in ROUTES
+        )
+        for a in EXACT_MIX:
+            mixed = a * _standardised(exact, mask)
+            mixed = mixed + (1 - a) * _standardised(np.where(mask, sparse, 0.0), mask)
+            moving = np.where(mask, mixed, np.nan)
+            r = np.corrcoef(moving[mask], exact[mask])[0, 1]
+            cells = []
+            for w in EXACT_WEIGHTS:
+                result = register_bspline(
+                    moving,
+                    data["fixed"],
+                    data["starts"]["raw"],
+                    moving_px_per_um=data["ppu"],
+                    fixed_px_per_um=data["ppu_f"],
+                    measure="ssd",
+                    bending_weight=w,
+                )
+                change = 100 * (field_error_um(result.field.apply, data) - best) / best
+                changes.setdefault((a, w), []).append(change)
+                cells.append(f"{change:+.0f} %")
+            print(f"| {data['case']} | {best:.3f} | {a:g} | {r:.2f} | " + " | ".join(cells) + " |")
+    print()
+    for (a, w), values in sorted(changes.items()):
+        met = sum(v <= -30 for v in values)
+        print(
+            f"- a {a:g}, weight {w:g}: median {np.median(values):+.0f} %, at least 30 % below "
+            f"the best affine in {met} of {len(values)} cases"
+        )
     print()
 
 
@@ -665,9 +738,13 @@ def main(argv: list[str]) -> None:
             elastix_table(cases, bench)
     if only_elastix:
         return
+    if "--exact" in argv:
+        exact_analogy_table(cases)
+        return
     if "--quick" not in argv:
         sweep_table(cases)
     truth_table(cases)
+    exact_analogy_table(cases)
 
 
 if __name__ == "__main__":

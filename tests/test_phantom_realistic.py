@@ -3,14 +3,22 @@ distortion with a stored ground-truth field, image statistics of real pairs."""
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from clemalign.evaluation import confocal_on_tem_grid, truth_error_um
+from clemalign.nonrigid import register_bspline
 from clemalign.phantom import make_analogy_case
 from clemalign.phantom.realism import REAL_PAIR_RANGES, confocal_statistics
 from clemalign.phantom.slab import DEFAULT_REALISTIC_PARAMS, _Profile, _tube_interval
 from clemalign.preprocess import prepare_analogy_pair
 from clemalign.register import pixel_centres_um
-from clemalign.transforms import DeformationField, affine_matrix, apply, fit_affine
+from clemalign.transforms import (
+    DeformationField,
+    affine_matrix,
+    apply,
+    fit_affine,
+    xy_um_to_rc_px,
+)
 
 #: A small realistic case: the default physics on a smaller field and a coarser TEM.
 SMALL_REALISTIC = {
@@ -138,6 +146,60 @@ def test_best_affine_keeps_the_floor_as_ground_truth_error(case):
     mean_residual = np.mean(np.hypot(*field.residual(xy).T))
     assert err == pytest.approx(mean_residual, rel=1e-6)
     assert err > 0.05
+
+
+# ------------------------------------------------ exact analogy (benchmarks only)
+
+EXACT_PX_PER_UM = 14.52
+
+
+@pytest.fixture(scope="module")
+def exact(case):
+    return make_analogy_case(11, 0, SMALL_REALISTIC, exact_prediction_px_per_um=EXACT_PX_PER_UM)
+
+
+def _green_through(mapping, case, shape) -> np.ndarray:
+    """The confocal's green channel sampled at ``mapping`` of the TEM-grid pixel centres."""
+    xy = pixel_centres_um(shape, EXACT_PX_PER_UM)
+    rc = xy_um_to_rc_px(mapping(xy), case.lm_px_per_um).T
+    green = case.lm[..., 1].astype(float)
+    return ndimage.map_coordinates(green, rc, order=1).reshape(shape)
+
+
+def test_exact_prediction_leaves_the_case_unchanged_and_follows_the_distortion(case, exact):
+    """Asking for the exact analogy draws nothing random; it is the confocal seen through
+    the true field, which explains it better than the field's best affine does."""
+    np.testing.assert_array_equal(exact.em, case.em)
+    np.testing.assert_array_equal(exact.lm, case.lm)
+    image = exact.exact_prediction
+    assert image.shape == (145, 145) and image.dtype == np.float32
+    field = _field(case)
+    r_field = np.corrcoef(image.ravel(), _green_through(field.apply, case, image.shape).ravel())
+    affine = _green_through(lambda xy: apply(field.affine, xy), case, image.shape)
+    r_affine = np.corrcoef(image.ravel(), affine.ravel())
+    assert r_field[0, 1] > 0.95
+    assert r_field[0, 1] > r_affine[0, 1] + 0.02
+    assert case.exact_prediction is None
+
+
+def test_bspline_recovers_the_distortion_given_an_exact_analogy(case, exact):
+    """Known answer on the realistic physics: with a prediction that matches the confocal
+    (not what the methods get), the B-spline step lands well below the best affine."""
+    field = _field(case)
+    image = exact.exact_prediction
+    floor = truth_error_um(field.affine, field, image.shape, EXACT_PX_PER_UM)
+    result = register_bspline(
+        image,
+        case.lm[..., 1].astype(float),
+        field.affine,
+        moving_px_per_um=EXACT_PX_PER_UM,
+        fixed_px_per_um=case.lm_px_per_um,
+        measure="ssd",
+        bending_weight=10.0,
+    )
+    xy = pixel_centres_um(image.shape, EXACT_PX_PER_UM)
+    error = np.mean(np.hypot(*(result.field.apply(xy) - field.apply(xy)).T))
+    assert error < 0.75 * floor
 
 
 # -------------------------------------------------------------- determinism, size

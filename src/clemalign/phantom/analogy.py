@@ -76,7 +76,12 @@ def _ground_truth_affine(
 
 
 def make_analogy_case(
-    seed: int, index: int, params: dict | None = None, name: str | None = None
+    seed: int,
+    index: int,
+    params: dict | None = None,
+    name: str | None = None,
+    *,
+    exact_prediction_px_per_um: float | None = None,
 ) -> SyntheticCase:
     """Generate one TEM/confocal case of the image-analogy track.
 
@@ -90,6 +95,12 @@ def make_analogy_case(
         Overrides of :data:`DEFAULT_ANALOGY_PARAMS` (``model`` picks the tissue model).
     name : str, optional
         Case name (default ``temNN``).
+    exact_prediction_px_per_um : float, optional
+        Realistic model only: also render the confocal's expected green signal on the
+        TEM field at this sampling (px/um), through the section's distortion
+        (:func:`clemalign.phantom.slab.render_confocal_green_in_tem_frame`): what a
+        perfect prediction of the confocal from the TEM would be, for benchmarks of what
+        registration could do given an exact analogy. The case itself is unchanged.
 
     Returns
     -------
@@ -122,7 +133,11 @@ def make_analogy_case(
     bounds = (*(corners.min(0) - 1.0), *(corners.max(0) + 1.0))
 
     if p["model"] == "realistic":
-        rendered = _render_realistic(rng, p, bounds, tem_wh, tem_shape, lm_shape, gt)
+        rendered = _render_realistic(
+            rng, p, bounds, tem_wh, tem_shape, lm_shape, gt, exact_prediction_px_per_um
+        )
+    elif exact_prediction_px_per_um is not None:
+        raise ValueError("exact_prediction_px_per_um needs the realistic phantom model")
     else:
         rendered = _render_simple(rng, p, bounds, tem_wh, tem_shape, lm_shape, gt)
     tem, confocal, candidates_em, truth_map, info = rendered
@@ -149,6 +164,7 @@ def make_analogy_case(
     )[LANDMARK_COLUMNS]
 
     field = info.pop("deformation", None)
+    exact = info.pop("exact_prediction", None)
     best = field.affine if field is not None else gt
     method = (
         "ground truth (synthetic): least-squares affine of the deformation field"
@@ -179,7 +195,7 @@ def make_analogy_case(
         truth["tissue_to_lm_affine"] = gt.tolist()
         truth["nonrigid_floor_rms_um"] = field.floor_rms_um()
         truth["deformation"] = field.to_dict()
-    return SyntheticCase(name, tem, tem_ppu, confocal, lm_ppu, landmarks, truth)
+    return SyntheticCase(name, tem, tem_ppu, confocal, lm_ppu, landmarks, truth, exact)
 
 
 def _inside(pts: np.ndarray, tem_wh: np.ndarray) -> np.ndarray:
@@ -187,7 +203,7 @@ def _inside(pts: np.ndarray, tem_wh: np.ndarray) -> np.ndarray:
     return pts[np.all((pts > edge) & (pts < tem_wh - edge), axis=1)]
 
 
-def _render_realistic(rng, p, bounds, tem_wh, tem_shape, lm_shape, gt):
+def _render_realistic(rng, p, bounds, tem_wh, tem_shape, lm_shape, gt, exact_ppu=None):
     """3D slab, thin and thick sections, section distortion; truth = deformation field."""
     q = p["realistic"]
     warp = realistic.make_warp(rng, tuple(tem_wh), q)
@@ -198,6 +214,10 @@ def _render_realistic(rng, p, bounds, tem_wh, tem_shape, lm_shape, gt):
     confocal = realistic.render_confocal(
         slab, lm_shape, p["confocal_px_per_um"], np.linalg.inv(gt), rng, p
     )
+    exact = None
+    if exact_ppu is not None:  # no random draw: the case is the same with or without it
+        exact_shape = tuple(int(round(v * exact_ppu)) for v in tem_wh[::-1])
+        exact = realistic.render_confocal_green_in_tem_frame(slab, exact_shape, exact_ppu, warp, p)
 
     def truth_map(xy: np.ndarray) -> np.ndarray:
         xy = np.asarray(xy, float).reshape(-1, 2)
@@ -218,6 +238,7 @@ def _render_realistic(rng, p, bounds, tem_wh, tem_shape, lm_shape, gt):
     f = slab.fibres
     info = {
         "deformation": field,
+        "exact_prediction": exact,
         "section_warp": {
             "cutting_direction": warp.cut.tolist(),
             "compression": warp.compression,

@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from ..transforms import apply, fit_affine, translation_matrix
-from ._common import ValueNoise, confocal_detector, ellipse_distance
+from ._common import ValueNoise, block_mean, confocal_detector, ellipse_distance
 from .tissue import (
     Tissue,
     _Frame,
@@ -732,7 +732,60 @@ def render_confocal(
     q = p["realistic"]
     sup = 2
     fshape = (shape[0] * sup, shape[1] * sup)
-    frame = _Frame(fshape, ppu * sup, to_tissue).cache()
+    channels = _confocal_signals(slab, _Frame(fshape, ppu * sup, to_tissue).cache(), q)
+    return confocal_detector(
+        rng,
+        channels,
+        sup,
+        shape,
+        q["lateral_fwhm_um"] / 2.3548 * ppu * sup,
+        p["channel_offset_um"] * ppu * sup,
+        q["photons"],
+        p["read_noise"],
+    )
+
+
+def render_confocal_green_in_tem_frame(
+    slab: Slab, shape: tuple[int, int], ppu: float, warp: SectionWarp, p: dict
+) -> np.ndarray:
+    """The confocal's expected green signal on the TEM field, through the distortion.
+
+    What a perfect prediction of the confocal from the TEM would be: the TEM pixel at
+    ``x`` (um) shows the tissue at ``x + w(x)``, and this image shows there the
+    confocal's green signal of that tissue (same optics as :func:`render_confocal`),
+    without detector noise or chromatic offset. For benchmarks (what registration could
+    do given an exact analogy), never an input of the methods.
+
+    Parameters
+    ----------
+    slab : Slab
+    shape : (int, int)
+        Output (rows, cols) over the TEM field.
+    ppu : float
+        Output sampling, px/um (TEM frame).
+    warp : SectionWarp
+        The section's distortion (as given to :func:`render_tem`).
+    p : dict
+        Phantom parameters (``realistic``).
+
+    Returns
+    -------
+    ndarray of float32, shape ``shape``
+        Expected signal (1.0 = a full myelin sheath in focus, plus haze and background).
+    """
+    q = p["realistic"]
+    sup = 2
+    fshape = (shape[0] * sup, shape[1] * sup)
+    reach = warp_reach_um(warp, (shape[1] / ppu, shape[0] / ppu))
+    frame = _Frame(fshape, ppu * sup, np.eye(3), warp=warp, warp_reach_um=reach).cache()
+    green = _confocal_signals(slab, frame, q)["green"].astype(np.float32)
+    sigma = q["lateral_fwhm_um"] / 2.3548 * ppu * sup
+    return block_mean(ndimage.gaussian_filter(green, sigma), sup)[: shape[0], : shape[1]]
+
+
+def _confocal_signals(slab: Slab, frame: _Frame, q: dict) -> dict[str, np.ndarray]:
+    """Expected red, green and blue signals on ``frame`` (before the lateral PSF)."""
+    fshape = frame.shape
     profile = _Profile("gauss", q["axial_fwhm_um"])
     xt, yt = frame.block(slice(0, fshape[0]), slice(0, fshape[1]))
     nz = slab.noise
@@ -775,23 +828,14 @@ def render_confocal(
     in_focus = (
         (1.0 - np.exp(-k * myelin)) / (1.0 - np.exp(-k)) + neuropil + 0.35 * np.clip(lipo, 0, 1)
     )
-    sigma_haze = q["haze"]["sigma_um"] * ppu * sup
+    sigma_haze = q["haze"]["sigma_um"] * frame.ppu
     haze = q["haze"]["fraction"] * ndimage.gaussian_filter(in_focus, sigma_haze, mode="reflect")
     bg = q["background"]
     background = bg["level"] + bg["variation"] * 2 * (nz["background"](xt, yt) - 0.5)
     green = in_focus + haze + background
     red = 0.04 + np.clip(lipo, 0, 1)
     blue = np.clip(dapi, 0, 1) + 0.02
-    return confocal_detector(
-        rng,
-        {"red": red, "green": green, "blue": blue},
-        sup,
-        shape,
-        q["lateral_fwhm_um"] / 2.3548 * ppu * sup,
-        p["channel_offset_um"] * ppu * sup,
-        q["photons"],
-        p["read_noise"],
-    )
+    return {"red": red, "green": green, "blue": blue}
 
 
 # ------------------------------------------------------------------- distortion
