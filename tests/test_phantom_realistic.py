@@ -171,7 +171,7 @@ def test_exact_prediction_leaves_the_case_unchanged_and_follows_the_distortion(c
     the true field, which explains it better than the field's best affine does."""
     np.testing.assert_array_equal(exact.em, case.em)
     np.testing.assert_array_equal(exact.lm, case.lm)
-    image = exact.exact_prediction
+    image = exact.exact_predictions["exact"]
     assert image.shape == (145, 145) and image.dtype == np.float32
     field = _field(case)
     r_field = np.corrcoef(image.ravel(), _green_through(field.apply, case, image.shape).ravel())
@@ -179,14 +179,17 @@ def test_exact_prediction_leaves_the_case_unchanged_and_follows_the_distortion(c
     r_affine = np.corrcoef(image.ravel(), affine.ravel())
     assert r_field[0, 1] > 0.95
     assert r_field[0, 1] > r_affine[0, 1] + 0.02
-    assert case.exact_prediction is None
+    assert case.exact_predictions is None
+    uniform = exact.exact_predictions["mean_stain"]
+    r_uniform = np.corrcoef(image.ravel(), uniform.ravel())[0, 1]
+    assert 0.5 < r_uniform < 0.98  # each fibre's dye uptake is part of the confocal
 
 
 def test_bspline_recovers_the_distortion_given_an_exact_analogy(case, exact):
     """Known answer on the realistic physics: with a prediction that matches the confocal
     (not what the methods get), the B-spline step lands well below the best affine."""
     field = _field(case)
-    image = exact.exact_prediction
+    image = exact.exact_predictions["exact"]
     floor = truth_error_um(field.affine, field, image.shape, EXACT_PX_PER_UM)
     result = register_bspline(
         image,

@@ -266,10 +266,10 @@ class SyntheticCase:
         Landmark pairs, columns of :data:`clemalign.io.LANDMARK_COLUMNS` (um).
     ground_truth : dict
         JSON-ready: at least ``transform`` (em -> lm, :meth:`Transform.to_dict`).
-    exact_prediction : ndarray or None
+    exact_predictions : dict or None
         Only when asked for (:func:`clemalign.phantom.make_analogy_case`): the
-        confocal's expected green signal on the EM field (float32), for benchmarks; not
-        written by :meth:`write`.
+        confocal's expected green signal on the EM field (float32 images by name), for
+        benchmarks; not written by :meth:`write`.
     """
 
     name: str
@@ -279,7 +279,7 @@ class SyntheticCase:
     lm_px_per_um: float
     landmarks: object
     ground_truth: dict
-    exact_prediction: np.ndarray | None = None
+    exact_predictions: dict[str, np.ndarray] | None = None
 
     def write(self, outdir: str) -> dict[str, str]:
         """Write ``em.tif``, ``lm.tif``, ``landmarks.csv`` and ``ground_truth.json``.

@@ -98,9 +98,11 @@ def make_analogy_case(
     exact_prediction_px_per_um : float, optional
         Realistic model only: also render the confocal's expected green signal on the
         TEM field at this sampling (px/um), through the section's distortion
-        (:func:`clemalign.phantom.slab.render_confocal_green_in_tem_frame`): what a
-        perfect prediction of the confocal from the TEM would be, for benchmarks of what
-        registration could do given an exact analogy. The case itself is unchanged.
+        (:func:`clemalign.phantom.slab.render_confocal_green_in_tem_frame`), into
+        ``exact_predictions``: ``"exact"``, what a perfect prediction of the confocal
+        from the TEM would be, and ``"mean_stain"``, the same with every fibre at the
+        mean dye uptake. For benchmarks of what registration could do given an exact
+        analogy; the case itself is unchanged.
 
     Returns
     -------
@@ -217,7 +219,13 @@ def _render_realistic(rng, p, bounds, tem_wh, tem_shape, lm_shape, gt, exact_ppu
     exact = None
     if exact_ppu is not None:  # no random draw: the case is the same with or without it
         exact_shape = tuple(int(round(v * exact_ppu)) for v in tem_wh[::-1])
-        exact = realistic.render_confocal_green_in_tem_frame(slab, exact_shape, exact_ppu, warp, p)
+        mean_stain = float(np.mean(slab.fibres.stain)) if len(slab.fibres) else 1.0
+        exact = {
+            key: realistic.render_confocal_green_in_tem_frame(
+                slab, exact_shape, exact_ppu, warp, p, fibre_stain=stain
+            )
+            for key, stain in (("exact", None), ("mean_stain", mean_stain))
+        }
 
     def truth_map(xy: np.ndarray) -> np.ndarray:
         xy = np.asarray(xy, float).reshape(-1, 2)

@@ -746,7 +746,13 @@ def render_confocal(
 
 
 def render_confocal_green_in_tem_frame(
-    slab: Slab, shape: tuple[int, int], ppu: float, warp: SectionWarp, p: dict
+    slab: Slab,
+    shape: tuple[int, int],
+    ppu: float,
+    warp: SectionWarp,
+    p: dict,
+    *,
+    fibre_stain: float | None = None,
 ) -> np.ndarray:
     """The confocal's expected green signal on the TEM field, through the distortion.
 
@@ -767,6 +773,9 @@ def render_confocal_green_in_tem_frame(
         The section's distortion (as given to :func:`render_tem`).
     p : dict
         Phantom parameters (``realistic``).
+    fibre_stain : float, optional
+        The same dye uptake for every fibre instead of each fibre's own: the best a
+        predictor that knew the whole 3D tissue but not each fibre's uptake could draw.
 
     Returns
     -------
@@ -778,13 +787,18 @@ def render_confocal_green_in_tem_frame(
     fshape = (shape[0] * sup, shape[1] * sup)
     reach = warp_reach_um(warp, (shape[1] / ppu, shape[0] / ppu))
     frame = _Frame(fshape, ppu * sup, np.eye(3), warp=warp, warp_reach_um=reach).cache()
-    green = _confocal_signals(slab, frame, q)["green"].astype(np.float32)
+    stain = None if fibre_stain is None else np.full(len(slab.fibres), float(fibre_stain))
+    green = _confocal_signals(slab, frame, q, stain)["green"].astype(np.float32)
     sigma = q["lateral_fwhm_um"] / 2.3548 * ppu * sup
     return block_mean(ndimage.gaussian_filter(green, sigma), sup)[: shape[0], : shape[1]]
 
 
-def _confocal_signals(slab: Slab, frame: _Frame, q: dict) -> dict[str, np.ndarray]:
-    """Expected red, green and blue signals on ``frame`` (before the lateral PSF)."""
+def _confocal_signals(
+    slab: Slab, frame: _Frame, q: dict, stain: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Expected red, green and blue signals on ``frame`` (before the lateral PSF);
+    ``stain``: each fibre's dye uptake (default: the slab's)."""
+    stain = slab.fibres.stain if stain is None else stain
     fshape = frame.shape
     profile = _Profile("gauss", q["axial_fwhm_um"])
     xt, yt = frame.block(slice(0, fshape[0]), slice(0, fshape[1]))
@@ -792,7 +806,7 @@ def _confocal_signals(slab: Slab, frame: _Frame, q: dict) -> dict[str, np.ndarra
     myelin = np.zeros(fshape, np.float32)
     axoplasm = np.zeros(fshape, np.float32)
     for i, win, sheath, axo, _x, _y in _myelin(frame, slab.fibres, profile, slab.bundle_lookup):
-        myelin[win] += slab.fibres.stain[i] * sheath
+        myelin[win] += stain[i] * sheath
         axoplasm[win] += axo
     nucleus = np.zeros(fshape, np.float32)
     dapi = np.zeros(fshape, np.float32)
