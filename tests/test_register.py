@@ -316,3 +316,31 @@ def test_ssd_on_local_contrast_ignores_patchy_gain_and_background():
         )
         errors[contrast] = grid_error_um(got.matrix, truth, moving.shape, ppu)
     assert errors[1.0] < 0.02 and errors[None] > 2 * errors[1.0]
+
+
+def test_contrast_cache_gives_the_same_images_and_normalises_each_once(monkeypatch):
+    """What a route's repeated registrations compare is what contrast_images gives, and
+    each image (the fixed one and every moving one) is normalised once."""
+    import clemalign.register as register
+
+    rng = np.random.default_rng(5)
+    fixed = ndimage.gaussian_filter(rng.normal(size=(60, 70)), 2.0)
+    moving = ndimage.gaussian_filter(rng.normal(size=(40, 40)), 2.0)
+    moving[:3] = np.nan
+    weights = rng.uniform(0.2, 1.0, moving.shape)
+    calls = []
+    original = register.local_contrast
+    monkeypatch.setattr(
+        register, "local_contrast", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    cache = register.ContrastCache(fixed, 5.0, 1.0)
+    for measure, w in (("ssd", None), ("wssd", weights)):
+        expected = register.contrast_images(moving, fixed, measure, 4.0, 5.0, 1.0, w)
+        calls.clear()
+        for _ in range(3):
+            got = cache(moving, measure, 4.0, w)
+            np.testing.assert_array_equal(got[0], expected[0])
+            np.testing.assert_array_equal(got[1], expected[1])
+        assert len(calls) == (2 if measure == "ssd" else 1)  # the fixed one is kept
+    assert cache(moving, "mi", 4.0) == (moving, fixed)
+    assert register.ContrastCache(fixed, 5.0, None)(moving, "ssd", 4.0) == (moving, fixed)

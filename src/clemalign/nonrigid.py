@@ -97,6 +97,7 @@ from scipy.optimize import minimize
 from scipy.sparse.linalg import spsolve
 
 from .register import (
+    DEFAULT_SSD_CONTRAST_UM,
     MEASURES,
     _check_measure,
     _fixed_samples,
@@ -919,7 +920,7 @@ def register_bspline(
     normalize: bool = True,
     min_overlap: float = 0.5,
     initial_displacement=None,
-    ssd_contrast_um: float | None = 1.0,
+    ssd_contrast_um: float | None = DEFAULT_SSD_CONTRAST_UM,
 ) -> NonrigidResult:
     """Refine an affine registration by a cubic B-spline free-form deformation.
 

@@ -89,6 +89,9 @@ from .transforms import affine_matrix, apply, px_to_um, um_to_px
 
 #: Similarity measures of :func:`register_affine`.
 MEASURES = ("ssd", "mi", "wssd")
+#: Sigma (um) of the local normalisation SSD and WSSD compare by default
+#: (config ``registration.ssd_contrast_um``; None: the paper's plain SSD).
+DEFAULT_SSD_CONTRAST_UM = 1.0
 
 #: Padding (pixels) of the fixed image before B-spline prefiltering: the cubic kernel
 #: reaches one pixel before and two after the sample's floor.
@@ -960,7 +963,7 @@ def register_affine(
     normalize: bool = True,
     min_overlap: float = 0.5,
     finest_level: int = 0,
-    ssd_contrast_um: float | None = 1.0,
+    ssd_contrast_um: float | None = DEFAULT_SSD_CONTRAST_UM,
 ) -> RegistrationResult:
     """Affine registration of ``moving`` onto ``fixed``, coarse to fine.
 
@@ -1094,12 +1097,15 @@ def contrast_images(
     ssd_contrast_um: float | None,
     weights: np.ndarray | None = None,
     moving_mask: np.ndarray | None = None,
+    *,
+    fixed_too: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The images an SSD or WSSD registration compares with ``ssd_contrast_um``: both
     locally normalised (:func:`local_contrast`), masked moving pixels left out of the
     local statistics and, for WSSD, the others weighted by ``weights``. Unchanged for MI
     or when ``ssd_contrast_um`` is None (and when a mask or weights do not match the
-    moving image's shape, which the registration then reports)."""
+    moving image's shape, which the registration then reports). ``fixed_too=False``
+    returns the fixed image as given (:class:`ContrastCache` normalises it once)."""
     if ssd_contrast_um is None or measure not in ("ssd", "wssd"):
         return moving, fixed
     if moving_mask is not None and np.shape(moving_mask) == np.shape(moving):
@@ -1107,8 +1113,60 @@ def contrast_images(
     w = weights if measure == "wssd" and np.shape(weights) == np.shape(moving) else None
     return (
         local_contrast(moving, moving_px_per_um, ssd_contrast_um, w),
-        local_contrast(fixed, fixed_px_per_um, ssd_contrast_um),
+        local_contrast(fixed, fixed_px_per_um, ssd_contrast_um) if fixed_too else fixed,
     )
+
+
+class ContrastCache:
+    """:func:`contrast_images` against one fixed image for many registrations: each
+    moving image's (and the fixed image's) local contrast is computed once.
+
+    A route registers the same moving image several times (the start search's candidates
+    at the coarsest level, then the winner at every level); the local normalisation at
+    full sampling is most of a coarse registration's time. Call it with the arguments of
+    :func:`contrast_images` after ``fixed``; pass the images it returns to
+    :func:`register_affine` with ``ssd_contrast_um=None``. The images are held, so none
+    of their ids is reused while the cache lives; do not change them in place.
+    """
+
+    def __init__(self, fixed: np.ndarray, fixed_px_per_um: float, ssd_contrast_um: float | None):
+        self.fixed = fixed
+        self.fixed_px_per_um = fixed_px_per_um
+        self.ssd_contrast_um = ssd_contrast_um
+        self._fixed_contrast: np.ndarray | None = None
+        self._moving: dict[tuple, tuple] = {}
+
+    def __call__(
+        self,
+        moving: np.ndarray,
+        measure: str,
+        moving_px_per_um: float,
+        weights: np.ndarray | None = None,
+        moving_mask: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The (moving, fixed) images ``measure`` compares (:func:`contrast_images`)."""
+        if self.ssd_contrast_um is None or measure not in ("ssd", "wssd"):
+            return moving, self.fixed
+        if self._fixed_contrast is None:
+            self._fixed_contrast = local_contrast(
+                self.fixed, self.fixed_px_per_um, self.ssd_contrast_um
+            )
+        w = weights if measure == "wssd" else None
+        key = (id(moving), id(w), id(moving_mask), float(moving_px_per_um))
+        if key not in self._moving:
+            image, _ = contrast_images(
+                moving,
+                self.fixed,
+                measure,
+                moving_px_per_um,
+                self.fixed_px_per_um,
+                self.ssd_contrast_um,
+                w,
+                moving_mask,
+                fixed_too=False,
+            )
+            self._moving[key] = (image, (moving, w, moving_mask))  # held: ids stay unique
+        return self._moving[key][0], self._fixed_contrast
 
 
 # ------------------------------------------------------------------ evaluation helpers

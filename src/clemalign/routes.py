@@ -19,6 +19,7 @@ How each answer is scored is :mod:`clemalign.evaluation`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -29,6 +30,8 @@ from .confidence import ConfidenceLimits, assess, chance_level, with_consensus
 from .evaluation import score
 from .io import read_image
 from .register import (
+    DEFAULT_SSD_CONTRAST_UM,
+    ContrastCache,
     RegistrationResult,
     grid_error_um,
     perturb_affine,
@@ -156,6 +159,7 @@ def register_measures(
     confidence: ConfidenceLimits | None = None,
     rng: np.random.Generator | None = None,
     search: StartSearch | None = None,
+    contrast: ContrastCache | None = None,
 ) -> dict[str, dict]:
     """Register one source under each measure; a failure is recorded, not raised.
 
@@ -187,6 +191,9 @@ def register_measures(
         candidate is registered at the coarsest level, and the one whose answer
         correlates best with the confocal (locally normalised) is registered at every
         level. None: the local registration from ``start`` alone (the paper's).
+    contrast : ContrastCache, optional
+        Locally normalised images kept from earlier calls on the same ``fixed`` (and
+        ``moving_for`` returning the same arrays), e.g. :func:`capture_trials`' trials.
 
     Returns
     -------
@@ -197,16 +204,24 @@ def register_measures(
         and, with ``confidence``, the checks' ``confidence`` record.
     """
     options = dict(options or {})
+    # the candidates and the winner register the same images: normalise them once
+    moving_for = functools.cache(moving_for)
+    contrast_um = options.pop("ssd_contrast_um", DEFAULT_SSD_CONTRAST_UM)
+    if contrast is None or contrast.fixed is not fixed or contrast.ssd_contrast_um != contrast_um:
+        contrast = ContrastCache(fixed, px_per_um, contrast_um)
 
     def run(image: np.ndarray, begin: np.ndarray, measure: str, **more: int) -> RegistrationResult:
+        w = weights if measure == "wssd" else None
+        moving_c, fixed_c = contrast(image, measure, px_per_um, w, options.get("moving_mask"))
         return register_affine(
-            image,
-            fixed,
+            moving_c,
+            fixed_c,
             begin,
             moving_px_per_um=px_per_um,
             fixed_px_per_um=px_per_um,
             measure=measure,
-            weights=weights if measure == "wssd" else None,
+            weights=w,
+            ssd_contrast_um=None,
             **(options | more),
         )
 
@@ -220,6 +235,7 @@ def register_measures(
             moving_px_per_um=px_per_um,
             fixed_px_per_um=px_per_um,
             search=search,
+            contrast=contrast,
         )
     out: dict[str, dict] = {}
     for measure in measures:
@@ -238,6 +254,7 @@ def register_measures(
                     px_per_um,
                     search.contrast_um,
                     coarsest,
+                    contrast,
                 )
         except (ValueError, np.linalg.LinAlgError, FloatingPointError) as err:
             out[measure] = {"status": f"failed: {err}"}
@@ -285,9 +302,11 @@ def _best_candidate(
     px_per_um: float,
     contrast_um: float,
     coarsest: int,
+    contrast: ContrastCache | None = None,
 ) -> tuple[RegistrationResult, dict]:
     """The search's candidates registered at the coarsest level; the winner (best
-    locally normalised correlation of ``probe``) registered at every level."""
+    locally normalised correlation of ``probe``) registered at every level; ``contrast``:
+    the registration's normalised images, shared with the choice of the winner."""
     first, kept = [], []
     for c in found:
         try:
@@ -297,7 +316,7 @@ def _best_candidate(
             continue
     if not first:
         raise ValueError("no candidate of the start search overlaps the fixed image enough")
-    best, r, gap = pick_refined(probe, fixed, first, px_per_um, contrast_um)
+    best, r, gap = pick_refined(probe, fixed, first, px_per_um, contrast_um, contrast)
     if best < 0:
         raise ValueError("no candidate of the start search overlaps the fixed image enough")
     record = {
@@ -393,6 +412,9 @@ def capture_trials(
         for _ in range(trials)
     ]
     rows = []
+    moving_for = functools.cache(moving_for)  # same arrays every trial: normalised once
+    contrast_um = dict(options or {}).get("ssd_contrast_um", DEFAULT_SSD_CONTRAST_UM)
+    contrast = ContrastCache(fixed, px_per_um, contrast_um)
     for trial, perturbed in enumerate(starts):
         every = register_measures(
             moving_for,
@@ -403,6 +425,7 @@ def capture_trials(
             weights,
             options,
             search=search,
+            contrast=contrast,
         )
         for measure, answer in answers.items():
             got = every[measure]

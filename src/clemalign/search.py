@@ -24,7 +24,7 @@ from scipy import fft as sp_fft
 
 from .confidence import similarity, transform_problems
 from .preprocess import crop_box_um, resample
-from .register import grid_error_um, local_contrast, register_affine
+from .register import ContrastCache, grid_error_um, local_contrast, register_affine
 from .transforms import affine_matrix, translation_matrix, warp_image
 
 
@@ -636,6 +636,7 @@ def start_candidates(
     moving_px_per_um: float,
     fixed_px_per_um: float,
     search: StartSearch,
+    contrast: ContrastCache | None = None,
 ) -> list[dict]:
     """The best distinct placements near a rough start, best first.
 
@@ -650,6 +651,9 @@ def start_candidates(
         The rough start, moving um -> fixed um.
     search : StartSearch
         Rotations, scales and shifts tried about the start.
+    contrast : ContrastCache, optional
+        The registration's, when it normalises ``fixed`` over the search's sigma: the
+        locally normalised images are taken from it (and left in it).
 
     Returns
     -------
@@ -662,12 +666,11 @@ def start_candidates(
     # drawn from twice the coarse sampling: the anti-aliasing blur is paid once, not per
     # candidate (a finer intermediate changes the scores by less than the search's step)
     ppu_mid = min(2.0 * p, moving_px_per_um)
-    moving_mid = _coarse(
-        local_contrast(moving, moving_px_per_um, search.contrast_um), moving_px_per_um, ppu_mid
+    moving_lc, fixed_lc = _normalised(
+        moving, fixed, (moving_px_per_um, fixed_px_per_um), search.contrast_um, contrast
     )
-    fixed_c = _coarse(
-        local_contrast(fixed, fixed_px_per_um, search.contrast_um), fixed_px_per_um, p
-    )
+    moving_mid = _coarse(moving_lc, moving_px_per_um, ppu_mid)
+    fixed_c = _coarse(fixed_lc, fixed_px_per_um, p)
     start = np.asarray(start, float)
     h, w = moving.shape[0] / moving_px_per_um, moving.shape[1] / moving_px_per_um
     window = ((start @ np.array([w / 2, h / 2, 1.0]))[:2], search.shift_um)
@@ -687,6 +690,7 @@ def pick_refined(
     matrices: Sequence[np.ndarray],
     px_per_um: float,
     contrast_um: float,
+    contrast: ContrastCache | None = None,
 ) -> tuple[int, float, float]:
     """Which refined placement wins: the best Pearson r of the locally normalised images.
 
@@ -699,6 +703,9 @@ def pick_refined(
         Refined placements, moving um -> fixed um.
     contrast_um : float
         Sigma of the local normalisation, um.
+    contrast : ContrastCache, optional
+        The registration's, when it normalises ``fixed`` over the same sigma: the
+        images are taken from it instead of normalised again.
 
     Returns
     -------
@@ -709,8 +716,7 @@ def pick_refined(
     gap : float
         Its lead over the best placement that ends more than 0.5 um away (inf if none).
     """
-    moving_lc = local_contrast(moving, px_per_um, contrast_um)
-    fixed_lc = local_contrast(fixed, px_per_um, contrast_um)
+    moving_lc, fixed_lc = _normalised(moving, fixed, (px_per_um, px_per_um), contrast_um, contrast)
     scores = [similarity(moving_lc, fixed_lc, m, px_per_um, "ssd") for m in matrices]
     scores = [s if np.isfinite(s) else -np.inf for s in scores]
     if not scores or not np.isfinite(max(scores)):
@@ -725,6 +731,28 @@ def pick_refined(
     ]
     gap = scores[best] - max(others) if others else float("inf")
     return best, float(scores[best]), float(gap)
+
+
+def _normalised(
+    moving: np.ndarray,
+    fixed: np.ndarray,
+    px_per_um: tuple[float, float],
+    contrast_um: float,
+    contrast: ContrastCache | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both images locally normalised over ``contrast_um`` (``px_per_um``: moving, fixed);
+    taken from ``contrast`` when it normalises this fixed image the same way."""
+    if (
+        contrast is not None
+        and contrast.ssd_contrast_um == contrast_um
+        and contrast.fixed is fixed
+        and contrast.fixed_px_per_um == px_per_um[1]
+    ):
+        return contrast(moving, "ssd", px_per_um[0])
+    return (
+        local_contrast(moving, px_per_um[0], contrast_um),
+        local_contrast(fixed, px_per_um[1], contrast_um),
+    )
 
 
 def _similarity(moving, fixed, matrix, moving_ppu, fixed_ppu, measure) -> float:
