@@ -116,6 +116,7 @@ import yaml
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
+from clemalign.cases import synthetic_number
 from clemalign.evaluation import frame_ground_truth, truth_error_um
 from clemalign.io import read_image, read_json
 from clemalign.nonrigid import (
@@ -352,10 +353,9 @@ def _standardised(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def exact_predictions(case: str, ppu: float) -> dict[str, np.ndarray]:
     """The phantom's exact analogies of ``case`` on the TEM grid (``exact``, ``mean_stain``)."""
     config = yaml.safe_load((ROOT.parent / "config.yaml").read_text())
-    index = int(case[3:]) - 1
     synthetic = make_analogy_case(
         config["seed"],
-        index,
+        synthetic_number(case),
         dict(config["synthetic"]["analogy"]),
         case,
         exact_prediction_px_per_um=ppu,
@@ -385,9 +385,8 @@ def linear_patch_ceiling(em: np.ndarray, target: np.ndarray, patch: int = 15) ->
     return float(np.corrcoef(x @ w, y)[0, 1])
 
 
-def _moving_images(data: dict) -> list[tuple[str, np.ndarray]]:
+def _moving_images(data: dict, exact: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
     """Section 4's moving images, from today's prediction to the exact analogy."""
-    exact = exact_predictions(data["case"], data["ppu"])
     sparse = data["moving"]["sparse"]
     mask = np.isfinite(sparse)
     images = []
@@ -421,8 +420,9 @@ def exact_analogy_table(cases: list[dict]) -> None:
             truth_error_um(data["starts"][s], data["truth"], data["shape"], data["ppu"])
             for s, _ in ROUTES
         )
-        images = _moving_images(data)
-        exact = images[-1][1]
+        exact_images = exact_predictions(data["case"], data["ppu"])
+        images = _moving_images(data, exact_images)
+        exact = exact_images["exact"]
         ceilings.append(linear_patch_ceiling(data["moving"]["raw"], exact))
         for label, moving in images:
             mask = np.isfinite(moving) & np.isfinite(exact)
@@ -775,6 +775,9 @@ def main(argv: list[str]) -> None:
     cases = [load_case(c) for c in CASES if (ROOT / "preprocessed" / c / "frame.json").exists()]
     if not cases:
         raise SystemExit(f"no default cases under {ROOT}; run the workflow first")
+    if "--exact" in argv:
+        exact_analogy_table(cases)
+        return
     only_elastix = "--elastix" in argv
     # compile the kernels outside the timings
     run(cases[0], "raw", "mi", levels=1)
@@ -788,9 +791,6 @@ def main(argv: list[str]) -> None:
         else:
             elastix_table(cases, bench)
     if only_elastix:
-        return
-    if "--exact" in argv:
-        exact_analogy_table(cases)
         return
     if "--quick" not in argv:
         sweep_table(cases)

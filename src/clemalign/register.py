@@ -1136,6 +1136,16 @@ class ContrastCache:
         self._fixed_contrast: np.ndarray | None = None
         self._moving: dict[tuple, tuple] = {}
 
+    def serves(
+        self, fixed: np.ndarray, fixed_px_per_um: float, ssd_contrast_um: float | None
+    ) -> bool:
+        """Whether it normalises this very fixed image at this sampling over this sigma."""
+        return (
+            self.fixed is fixed
+            and self.fixed_px_per_um == fixed_px_per_um
+            and self.ssd_contrast_um == ssd_contrast_um
+        )
+
     def __call__(
         self,
         moving: np.ndarray,

@@ -207,7 +207,7 @@ def register_measures(
     # the candidates and the winner register the same images: normalise them once
     moving_for = functools.cache(moving_for)
     contrast_um = options.pop("ssd_contrast_um", DEFAULT_SSD_CONTRAST_UM)
-    if contrast is None or contrast.fixed is not fixed or contrast.ssd_contrast_um != contrast_um:
+    if contrast is None or not contrast.serves(fixed, px_per_um, contrast_um):
         contrast = ContrastCache(fixed, px_per_um, contrast_um)
 
     def run(image: np.ndarray, begin: np.ndarray, measure: str, **more: int) -> RegistrationResult:

@@ -742,12 +742,7 @@ def _normalised(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Both images locally normalised over ``contrast_um`` (``px_per_um``: moving, fixed);
     taken from ``contrast`` when it normalises this fixed image the same way."""
-    if (
-        contrast is not None
-        and contrast.ssd_contrast_um == contrast_um
-        and contrast.fixed is fixed
-        and contrast.fixed_px_per_um == px_per_um[1]
-    ):
+    if contrast is not None and contrast.serves(fixed, px_per_um[1], contrast_um):
         return contrast(moving, "ssd", px_per_um[0])
     return (
         local_contrast(moving, px_per_um[0], contrast_um),
